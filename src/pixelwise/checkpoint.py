@@ -74,7 +74,9 @@ def make_checkpoint(model: nn.Module, model_name: str, model_kwargs: dict[str, A
     return {
         "format": FORMAT,
         "version": VERSION,
-        "model": {"name": model_name, "kwargs": dict(model_kwargs)},
+        # The weights are in state_dict: never re-download a pretrained backbone on load.
+        "model": {"name": model_name,
+                  "kwargs": {k: v for k, v in model_kwargs.items() if k != "pretrained"}},
         "class_names": list(class_names),
         "palette": [list(map(int, c)) for c in palette] if palette is not None else None,
         "normalization": {"mean": [float(m) for m in mean], "std": [float(s) for s in std]},

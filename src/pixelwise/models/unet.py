@@ -144,14 +144,18 @@ class UNet(nn.Module):
 
         The paper picks tiles this way (572 -> 388) so that no pixel is lost at a pooling.
         """
-        bottom = 1  # size of the bottleneck's input
+        if self.padding == "same":
+            return max(min_output, 1)
+        bottom = 1  # size of the bottleneck's input, after the last pooling
         while True:
             size = bottom
             for _ in range(self.depth):
-                size = 2 * (size + 4)  # before the pooling, before the two convs
-            size += 4
-            if self.padding == "same" or self._out(size) >= min_output:
-                return size if self.padding == "valid" else max(min_output, 1)
+                size = 2 * size + 4  # undo a pooling, then the level's two 3x3 convs
+            try:
+                if self._out(size) >= min_output:
+                    return size
+            except ValueError:  # too small to give any output yet
+                pass
             bottom += 1
 
 

@@ -1,0 +1,439 @@
+"""The dataset spec: a validated, declarative description of a folder of images and masks.
+
+A spec says where the images of each split are (a glob, or a list file of ids), how the mask
+of an image is found (a path template), how raw mask values become class indices (the mask
+encoding), and the classes, normalisation and palette. Example (CamVid)::
+
+    name: camvid
+    root: /data/camvid                    # relative paths resolve against the YAML's folder
+    class_names: [Sky, Building, Pole, Road, Pavement, Tree, SignSymbol, Fence, Car,
+                  Pedestrian, Bicyclist]
+    ignore_index: 255
+    channels: 3
+    mask: {encoding: indices, ignore_values: [11]}     # void (11) -> ignore_index
+    splits:
+      train: {images: "train/*.png", masks: "trainannot/{name}"}
+      val:   {images: "val/*.png",   masks: "valannot/{name}"}
+
+Path templates are relative to ``root`` and may use ``{id}``, ``{stem}`` (file name without
+suffix), ``{name}`` (file name) and ``{parent}`` (the image's folder name). ``{id}`` is the
+stem unless ``id_from`` gives a pattern for the image file name, e.g. ``"{id}_training.tif"``
+(DRIVE: ``21_training.tif -> 21``, mask ``"1st_manual/{id}_manual1.gif"``).
+
+Mask encodings (``mask.encoding``):
+
+- ``indices``: values are class indices; ``ignore_values`` become ``ignore_index``.
+- ``value_map``: ``{raw value: class}``, e.g. ``{0: 0, 255: 1}``; a class may be the
+  ``ignore_index``; unmapped values are an error, or ignored with ``unmapped: ignore``.
+- ``threshold``: ``raw >= threshold`` is class 1, else 0 (noisy binary masks, e.g. JPEG).
+- ``rgb``: ``colors[i]`` is the RGB colour of class ``i``; ``ignore_colors`` are ignored.
+- ``instances``: ``masks`` is a glob template matching one file per object; every non-zero
+  pixel of any object becomes ``instance_class`` and the rest background (0). A single
+  labelled file (0 = background, k = object k) works the same way.
+
+An optional ``valid`` template per split names a region mask (non-zero = inside); pixels
+outside become ``ignore_index`` (DRIVE's field of view).
+"""
+from __future__ import annotations
+
+import copy
+import glob
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..errors import ConfigError, DataError
+from .readers import DEFAULT_MAX_PIXELS
+
+PRESET_DIR = Path(__file__).with_name("presets")
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+RGB = tuple[int, int, int]
+
+
+class MaskSpec(BaseModel):
+    """How raw mask values become class indices (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    encoding: Literal["indices", "value_map", "threshold", "rgb", "instances"] = "indices"
+    value_map: dict[int, int] | None = None
+    threshold: float | None = None
+    colors: list[RGB] | None = None
+    ignore_values: list[int] = Field(default_factory=list)
+    ignore_colors: list[RGB] = Field(default_factory=list)
+    unmapped: Literal["error", "ignore"] = "error"
+    instance_class: int = 1
+
+    @model_validator(mode="after")
+    def _needs(self) -> "MaskSpec":
+        need = {"value_map": "value_map", "threshold": "threshold", "rgb": "colors"}
+        key = need.get(self.encoding)
+        if key and getattr(self, key) is None:
+            raise ValueError(f"mask.{key} is required for encoding {self.encoding!r}")
+        return self
+
+
+class SplitSpec(BaseModel):
+    """Where the samples of one split are."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    images: str
+    id_list: str | list[str] | None = Field(default=None, alias="list")
+    id_from: str | None = None
+    masks: str | None = None
+    valid: str | None = None
+
+
+class HoldoutSpec(BaseModel):
+    """Carve a seeded random split (e.g. ``val``) out of another (e.g. ``train``)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    source: str = Field(default="train", alias="from")
+    target: str = Field(default="val", alias="to")
+    fraction: float = Field(gt=0, lt=1)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image with its mask file(s) and optional valid-region mask (plain, picklable)."""
+
+    id: str
+    image: Path
+    mask: Path | tuple[Path, ...] | None
+    valid: Path | None = None
+
+
+class DatasetSpec(BaseModel):
+    """A validated dataset description; build it with :func:`load_spec`.
+
+    ``mean`` / ``std`` apply to images scaled to [0, 1]; they default to ImageNet's for 3
+    channels and 0.5 / 0.5 otherwise. ``palette`` defaults to the PASCAL VOC colour map.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "dataset"
+    root: Path
+    class_names: list[str] = Field(min_length=1)
+    ignore_index: int = 255
+    channels: int = Field(default=3, ge=1)
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    palette: list[RGB] | None = None
+    class_weights: list[float] | None = None
+    max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, gt=0)
+    mask: MaskSpec = Field(default_factory=MaskSpec)
+    splits: dict[str, SplitSpec]
+    holdout: HoldoutSpec | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "DatasetSpec":
+        n, c = len(self.class_names), self.channels
+        if self.mean is None:
+            self.mean = list(IMAGENET_MEAN) if c == 3 else [0.5] * c
+        if self.std is None:
+            self.std = list(IMAGENET_STD) if c == 3 else [0.5] * c
+        for key in ("mean", "std"):
+            if len(getattr(self, key)) != c:
+                raise ValueError(f"{key} has {len(getattr(self, key))} values for channels={c}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std values must be positive")
+        if self.palette is None:
+            from ..visualize import default_palette
+
+            self.palette = default_palette(n)
+        for key in ("palette", "class_weights"):
+            if getattr(self, key) is not None and len(getattr(self, key)) != n:
+                raise ValueError(f"{key} has {len(getattr(self, key))} entries for {n} classes")
+        if 0 <= self.ignore_index < n:
+            raise ValueError(f"ignore_index {self.ignore_index} is one of the {n} class indices")
+        m = self.mask
+        if m.value_map is not None:
+            bad = [v for v in m.value_map.values() if not (0 <= v < n or v == self.ignore_index)]
+            if bad:
+                raise ValueError(f"mask.value_map maps to {bad}, outside 0..{n - 1} and ignore_index")
+        if m.colors is not None and len(m.colors) != n:
+            raise ValueError(f"mask.colors has {len(m.colors)} colours for {n} classes")
+        if m.encoding in ("threshold", "instances") and not 0 <= m.instance_class < n:
+            raise ValueError(f"mask.instance_class {m.instance_class} is not a class index")
+        if self.holdout is not None:
+            if self.holdout.source not in self.splits:
+                raise ValueError(f"holdout.from {self.holdout.source!r} is not a split")
+            if self.holdout.target in self.splits:
+                raise ValueError(f"holdout.to {self.holdout.target!r} is already a split")
+        return self
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def split_names(self) -> list[str]:
+        names = list(self.splits)
+        if self.holdout is not None:
+            names.append(self.holdout.target)
+        return names
+
+    def resolve(self, split: str) -> list[Sample]:
+        """The samples of ``split``, sorted by image path (holdout splits seeded).
+
+        Raises:
+            ConfigError: unknown split or bad template.
+            DataError: no images found, a list file missing, or a name not matching ``id_from``.
+        """
+        h = self.holdout
+        if h is not None and split in (h.source, h.target):
+            samples = _resolve_split(self, h.source)
+            order = np.random.default_rng(h.seed).permutation(len(samples))
+            held = set(order[: max(1, round(h.fraction * len(samples)))].tolist())
+            keep_held = split == h.target
+            return [s for i, s in enumerate(samples) if (i in held) == keep_held]
+        if split not in self.splits:
+            raise ConfigError(f"splits: no split {split!r} in spec {self.name!r} "
+                              f"(have {', '.join(self.split_names)})")
+        return _resolve_split(self, split)
+
+
+def _id_regex(template: str) -> re.Pattern:
+    parts = re.split(r"(\{id\}|\*)", template)
+    return re.compile("".join("(?P<id>.+?)" if p == "{id}" else ".*" if p == "*" else re.escape(p)
+                              for p in parts))
+
+
+def _fill(template: str, fields: dict[str, str], key: str) -> str:
+    try:
+        return template.format(**fields)
+    except (KeyError, IndexError, ValueError) as e:
+        raise ConfigError(f"{key}: bad template {template!r} ({e}); use {{id}}, {{stem}}, "
+                          "{name} or {parent}") from e
+
+
+def _under(root: Path, rel: str) -> Path:
+    return root / rel.lstrip("/")
+
+
+def _resolve_split(spec: DatasetSpec, split: str) -> list[Sample]:
+    s = spec.splits[split]
+    key = f"splits.{split}"
+    pairs: list[tuple[Path, Path | None]] = []  # image, explicit mask
+    if s.id_list is None:
+        images = sorted(Path(p) for p in glob.glob(str(_under(spec.root, s.images)), recursive=True)
+                        if os.path.isfile(p))
+        if not images:
+            raise DataError(f"{_under(spec.root, s.images)}: no images match ({key}.images)")
+        pairs = [(p, None) for p in images]
+    else:
+        for list_file in [s.id_list] if isinstance(s.id_list, str) else s.id_list:
+            path = _under(spec.root, list_file)
+            if not path.is_file():
+                raise DataError(f"{path}: split list not found ({key}.list)")
+            for line in path.read_text().splitlines():
+                tokens = line.split()
+                if not tokens or tokens[0].startswith("#"):
+                    continue
+                if len(tokens) >= 2:  # "image mask" pairs, as in VOC's train_aug lists
+                    pairs.append((_under(spec.root, tokens[0]), _under(spec.root, tokens[1])))
+                else:
+                    rel = _fill(s.images, {"id": tokens[0]}, f"{key}.images")
+                    pairs.append((_under(spec.root, rel), None))
+    id_re = _id_regex(s.id_from) if s.id_from else None
+    samples = []
+    for image, explicit_mask in pairs:
+        sample_id = image.stem
+        if id_re is not None:
+            m = id_re.fullmatch(image.name)
+            if m is None:
+                raise DataError(f"{image}: file name does not match {key}.id_from {s.id_from!r}")
+            sample_id = m.group("id")
+        fields = {"id": sample_id, "stem": image.stem, "name": image.name,
+                  "parent": image.parent.name}
+        mask: Path | tuple[Path, ...] | None = explicit_mask
+        if mask is None and s.masks is not None:
+            rel = _fill(s.masks, fields, f"{key}.masks")
+            if spec.mask.encoding == "instances" and _GLOB_CHARS.search(rel):
+                mask = tuple(sorted(Path(p) for p in glob.glob(str(_under(spec.root, rel)))))
+            else:
+                mask = _under(spec.root, rel)
+        valid = _under(spec.root, _fill(s.valid, fields, f"{key}.valid")) if s.valid else None
+        samples.append(Sample(id=sample_id, image=image, mask=mask, valid=valid))
+    return samples
+
+
+def mask_glob(spec: DatasetSpec, split: str) -> str | None:
+    """A glob matching every mask file a split's template could name (for finding extras)."""
+    s = spec.splits.get(split)
+    if s is None or s.masks is None or s.id_list is not None:
+        return None
+    pattern = re.sub(r"\{(id|stem|name|parent)\}", "*", s.masks)
+    return str(_under(spec.root, pattern))
+
+
+# ---------------------------------------------------------------------------------------------
+# Mask encoding
+
+def _as_single_band(raw: np.ndarray, path: Path) -> np.ndarray:
+    if raw.ndim == 2:
+        return raw
+    if (raw == raw[..., :1]).all():  # an RGB file holding a greyscale mask
+        return raw[..., 0]
+    raise DataError(f"{path}: colour mask, but mask.encoding is not 'rgb'")
+
+
+def _bad_values(path: Path, values: np.ndarray, what: str) -> DataError:
+    shown = ", ".join(str(v) for v in values[:10]) + (" ..." if len(values) > 10 else "")
+    return DataError(f"{path}: label values not in the spec: {shown} ({what})")
+
+
+def encode_mask(raw: np.ndarray, spec: DatasetSpec, path: str | os.PathLike) -> np.ndarray:
+    """Raw mask values -> ``(H, W)`` int64 class indices with ``ignore_index`` where ignored.
+
+    Args:
+        raw: ``(H, W)`` or ``(H, W, 3)`` mask as read by :func:`~pixelwise.data.read_mask`.
+        spec: the dataset spec (its ``mask`` section, classes and ignore index).
+        path: the file, named in errors.
+
+    Raises:
+        DataError: values (or colours) that the spec does not know.
+    """
+    path = Path(path)
+    m, ignore, n = spec.mask, spec.ignore_index, spec.num_classes
+    if m.encoding == "threshold":
+        band = raw.max(axis=-1) if raw.ndim == 3 else raw
+        return (band >= m.threshold).astype(np.int64) * m.instance_class
+    if m.encoding == "instances":
+        band = raw.max(axis=-1) if raw.ndim == 3 else raw
+        return (band > 0).astype(np.int64) * m.instance_class
+    if m.encoding == "rgb":
+        return _encode_rgb(raw, spec, path)
+    band = _as_single_band(raw, path)
+    if not np.issubdtype(band.dtype, np.integer):
+        if not np.array_equal(band, np.round(band)):
+            raise DataError(f"{path}: mask has non-integer values; use mask.encoding threshold")
+        band = band.astype(np.int64)
+    values = np.unique(band)
+    if values.size and values[0] < 0:
+        raise _bad_values(path, values[values < 0], "negative")
+    lut = np.full(int(values[-1]) + 1 if values.size else 1, -1, dtype=np.int64)
+    if m.encoding == "indices":
+        lut[: min(n, lut.size)] = np.arange(min(n, lut.size))
+    else:
+        for raw_value, cls in m.value_map.items():
+            if 0 <= raw_value < lut.size:
+                lut[raw_value] = cls
+    for v in [*m.ignore_values, ignore]:
+        if 0 <= v < lut.size:
+            lut[v] = ignore
+    unknown = values[lut[values] < 0]
+    if unknown.size:
+        if m.unmapped == "error":
+            raise _bad_values(path, unknown, f"encoding {m.encoding}, {n} classes, "
+                                             f"ignore_index {ignore}")
+        lut[lut < 0] = ignore
+    return lut[band]
+
+
+def _encode_rgb(raw: np.ndarray, spec: DatasetSpec, path: Path) -> np.ndarray:
+    if raw.ndim != 3 or raw.shape[-1] != 3:
+        raise DataError(f"{path}: mask.encoding is 'rgb' but the mask is not an RGB image")
+    m = spec.mask
+    code = (raw[..., 0].astype(np.int64) << 16) | (raw[..., 1].astype(np.int64) << 8) | raw[..., 2]
+    table = {(r << 16) | (g << 8) | b: i for i, (r, g, b) in enumerate(m.colors)}
+    table.update({(r << 16) | (g << 8) | b: spec.ignore_index for r, g, b in m.ignore_colors})
+    values, inverse = np.unique(code, return_inverse=True)
+    mapped = np.array([table.get(int(v), -1) for v in values], dtype=np.int64)
+    unknown = values[mapped < 0]
+    if unknown.size:
+        if m.unmapped == "error":
+            colours = np.stack([unknown >> 16, (unknown >> 8) & 255, unknown & 255], axis=1)
+            raise _bad_values(path, [tuple(int(x) for x in c) for c in colours], "colours")
+        mapped[mapped < 0] = spec.ignore_index
+    return mapped[inverse].reshape(code.shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+def list_presets() -> list[str]:
+    """Names of the built-in dataset presets."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a dataset spec must be a mapping")
+    return data
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_spec(source: "DatasetSpec | dict | str | os.PathLike",
+              root: str | os.PathLike | None = None) -> DatasetSpec:
+    """Load and validate a dataset spec.
+
+    Args:
+        source: a YAML file path, a preset name (``"camvid"``, see :func:`list_presets`), a dict
+            (optionally ``{"preset": name, ...overrides}``), or a spec (returned as is, with
+            ``root`` replaced if given). A YAML file may itself say ``preset: camvid``.
+        root: data folder; overrides the spec's ``root``. Relative roots resolve against the
+            YAML file's folder (or the working directory for dicts and presets).
+
+    Returns:
+        The validated :class:`DatasetSpec` with an absolute ``root``.
+
+    Raises:
+        ConfigError: unknown preset, unreadable YAML, or invalid keys (the message names them).
+    """
+    if isinstance(source, DatasetSpec):
+        return source if root is None else source.model_copy(update={"root": Path(root).resolve()})
+    base_dir = Path.cwd()
+    label = "dataset spec"
+    if isinstance(source, dict):
+        data = dict(source)
+    else:
+        path = Path(source)
+        if path.is_file():
+            data, base_dir, label = _read_yaml(path), path.parent.resolve(), str(path)
+        elif str(source) in list_presets():
+            data = {"preset": str(source)}
+        else:
+            raise ConfigError(f"{source}: no such dataset spec file or preset "
+                              f"(presets: {', '.join(list_presets())})")
+    preset = data.pop("preset", None)
+    if preset is not None:
+        if preset not in list_presets():
+            raise ConfigError(f"preset: unknown dataset preset {preset!r} "
+                              f"(have {', '.join(list_presets())})")
+        data = _merge(_read_yaml(PRESET_DIR / f"{preset}.yaml"), data)
+        label = f"preset {preset!r}" if label == "dataset spec" else label
+    if root is not None:
+        data["root"] = root
+    if data.get("root") is None:
+        raise ConfigError(f"root: {label} needs a data folder (pass root=...)")
+    data["root"] = (base_dir / Path(data["root"]).expanduser()).resolve()
+    try:
+        return DatasetSpec.model_validate(data)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'spec'}: {err['msg']}"
+                             for err in e.errors())
+        raise ConfigError(f"{label}: {problems}") from None

@@ -1,0 +1,1 @@
+"""Training, evaluation, prediction: the stages that run a model."""

@@ -1,0 +1,88 @@
+"""U-Net with a ResNet34 encoder and a LinkNet decoder (Chaurasia & Culurciello, "LinkNet:
+Exploiting Encoder Representations for Efficient Semantic Segmentation", 2017).
+
+Decoder blocks reduce channels 4x with a 1x1 conv, upsample with a 3x3 stride-2 transposed
+conv, expand with a 1x1 conv, and join the encoder by addition (not concatenation). A final
+transposed conv and two 3x3 convs give logits at the input resolution. The encoder keeps
+torchvision's names, so ImageNet ResNet34 weights load strictly.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn as nn
+
+from .backbones.resnet import ResNet34Encoder, resnet_state_dict_for_encoder
+from .registry import register_model
+from .weights import load_state_dict, resolve_pretrained
+
+
+def conv_bn_relu(conv: nn.Module, channels: int) -> nn.Sequential:
+    return nn.Sequential(conv, nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
+
+
+class LinkNetDecoderBlock(nn.Sequential):
+    def __init__(self, in_channels: int, out_channels: int):
+        mid = in_channels // 4
+        super().__init__(
+            conv_bn_relu(nn.Conv2d(in_channels, mid, 1), mid),
+            conv_bn_relu(nn.ConvTranspose2d(mid, mid, 3, stride=2, padding=1, output_padding=1), mid),
+            conv_bn_relu(nn.Conv2d(mid, out_channels, 1), out_channels),
+        )
+
+
+class ResNetUNet(nn.Module):
+    """ResNet34 encoder + LinkNet decoder.
+
+    Args:
+        in_channels: image channels.
+        num_classes: output channels (logits).
+
+    Shape:
+        input ``(N, in_channels, H, W)`` of any size; output ``(N, num_classes, H, W)``.
+    """
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 2):
+        super().__init__()
+        self.encoder = ResNet34Encoder(in_channels)
+        chans = self.encoder.stage_channels  # (64, 128, 256, 512)
+        # decoders[i] takes stage i+1's map up to stage i's size; the last one goes to stride 2.
+        self.decoders = nn.ModuleList(
+            [LinkNetDecoderBlock(chans[i], chans[max(i - 1, 0)]) for i in reversed(range(4))]
+        )
+        self.final = nn.Sequential(
+            nn.ConvTranspose2d(chans[0], 32, 4, stride=2, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(32, num_classes, 3, padding=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        stages = self.encoder(x)
+        d = stages[-1]
+        for decoder, skip in zip(self.decoders, reversed([None] + stages[:-1])):
+            d = decoder(d)
+            if skip is not None:
+                # Encoder maps are ceil(H / stride) in size and each decoder doubles, so the
+                # upsampled map is never smaller than its skip: crop it to the skip.
+                d = d[..., : skip.shape[-2], : skip.shape[-1]] + skip
+        return self.final(d)[..., :height, :width]
+
+    def load_encoder(self, source: str | os.PathLike) -> None:
+        """Load torchvision ImageNet ResNet34 weights (path or URL) into the encoder, strictly."""
+        in_channels = self.encoder.conv1.in_channels
+        state = resnet_state_dict_for_encoder(load_state_dict(source), in_channels)
+        self.encoder.load_state_dict(state, strict=True)
+
+
+@register_model
+def resnet34_unet(in_channels: int = 3, num_classes: int = 2,
+                  pretrained: bool | str | None = None) -> ResNetUNet:
+    """ResNet34-encoder U-Net with a LinkNet decoder. ``pretrained``: True (torchvision URL),
+    or a path or URL of torchvision ResNet34 weights."""
+    model = ResNetUNet(in_channels, num_classes)
+    source = resolve_pretrained(pretrained, "resnet34")
+    if source is not None:
+        model.load_encoder(source)
+    return model

@@ -1,0 +1,248 @@
+"""The HTTP service: ``POST /predict``, ``GET /model``, ``GET /health`` and the web page at ``/``.
+
+The app depends on the predictor's interface only (``predict(image HWC) -> Prediction`` with a
+``mask``, optional ``predict_batch(list)``, ``class_names``, ``palette``), so tests can serve a
+fake one. Every refusal is a 4xx (or 503 when the queue is full) with a JSON body
+``{"error": "..."}``.
+"""
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Sequence
+
+import anyio
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import PixelwiseError
+from .batching import InferenceQueue, QueueFull
+from .images import (ACCEPTED_FORMATS, ImageRejected, class_areas, decode_image, display_classes,
+                     json_result, mask_to_png)
+from .upload import FILE_FIELD, read_upload
+
+STATIC_DIR = Path(__file__).parent / "static"
+# The page loads only its own files; images come back as blob:/data: URLs.
+PAGE_CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
+            "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+DECODE_THREADS = 2
+
+
+def describe_predictor(predictor: Any) -> dict[str, Any]:
+    """What ``GET /model`` says about a predictor, read from its attributes where it has them."""
+    ckpt = getattr(predictor, "checkpoint", None)
+
+    def attr(name: str, default: Any = None) -> Any:
+        value = getattr(predictor, name, None)
+        return value if value is not None else getattr(ckpt, name, default)
+
+    path = attr("path")
+    return {
+        "name": attr("model_name", type(predictor).__name__),
+        "in_channels": attr("in_channels"),
+        "backend": attr("backend", "unknown"),
+        "tile_size": attr("tile_size"),
+        "overlap": attr("overlap"),
+        "checkpoint": Path(path).name if path is not None else None,
+    }
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _wants_json(fmt: str | None, accept: str) -> bool:
+    """``?format=`` decides; without it, JSON when the client accepts JSON and not PNG first."""
+    if fmt is not None:
+        if fmt not in ("png", "json"):
+            raise ImageRejected(400, f"format must be 'png' or 'json', got {fmt!r}")
+        return fmt == "json"
+    kinds = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+    if "application/json" not in kinds:
+        return False
+    return "image/png" not in kinds or kinds.index("application/json") < kinds.index("image/png")
+
+
+def _rss_bytes() -> dict[str, int]:
+    """Resident and peak resident memory of this process (Linux), for ``/health``."""
+    out: dict[str, int] = {}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out["rss_bytes" if key == "VmRSS" else "peak_rss_bytes"] = int(value.split()[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+class _Runtime:
+    """Per-event-loop state: the inference queue's worker and the decode thread limiter."""
+
+    def __init__(self, queue: InferenceQueue):
+        self.queue = queue
+        self.in_flight = 0
+        self._limiter: anyio.CapacityLimiter | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def ensure_started(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._loop = loop
+            self._limiter = anyio.CapacityLimiter(DECODE_THREADS)
+        self.queue.start()
+
+    async def in_thread(self, fn, *args, **kwargs):
+        """Run CPU work (decode, encode) off the event loop, at most DECODE_THREADS at once."""
+        self.ensure_started()
+        return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs), limiter=self._limiter)
+
+
+def create_app(predictor: Any, *, max_upload_bytes: int = 20 * 1024 * 1024,
+               max_pixels: int = 4096 * 4096, max_batch: int = 4, max_queue: int = 32,
+               batch_wait_s: float = 0.005, request_timeout_s: float = 120.0,
+               overlay_alpha: float = 0.5, model_info: dict[str, Any] | None = None) -> FastAPI:
+    """Build the FastAPI app that serves ``predictor``.
+
+    Args:
+        predictor: an object with ``predict(image (H, W, C)) -> Prediction`` (``.mask`` (H, W)),
+            ``class_names`` and ``palette``; ``predict_batch(list)`` is used when present.
+        max_upload_bytes: the largest uploaded file; larger ones get 413 while streaming.
+        max_pixels: the largest width x height, checked on the header before decoding (413).
+        max_batch: the most equal-sized requests run as one batch.
+        max_queue: the most requests admitted at once (waiting or being read); more get 503.
+        batch_wait_s: how long a partial batch waits for more requests to join.
+        request_timeout_s: a request waiting longer for its prediction gets 504.
+        overlay_alpha: the mask's opacity in the JSON answer's overlay PNG.
+        model_info: overrides for what ``GET /model`` reports (name, backend, ...).
+
+    Returns:
+        The app; run it with any ASGI server (``pixelwise serve`` uses uvicorn).
+    """
+    if max_upload_bytes < 1 or max_pixels < 1:
+        raise ValueError(f"max_upload_bytes and max_pixels must be >= 1, got "
+                         f"{max_upload_bytes}, {max_pixels}")
+    info = {**describe_predictor(predictor), **(model_info or {})}
+    names, colours = display_classes(list(predictor.class_names), predictor.palette)
+    in_channels = info.get("in_channels")
+
+    def predict_masks(images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        # Runs on the inference thread. Only the masks leave it: probabilities (C x H x W
+        # floats) are dropped here rather than held while responses are encoded.
+        if len(images) > 1 and hasattr(predictor, "predict_batch"):
+            predictions = predictor.predict_batch(list(images))
+        else:
+            predictions = [predictor.predict(image) for image in images]
+        return [np.asarray(p.mask) for p in predictions]
+
+    runtime = _Runtime(InferenceQueue(predict_masks, max_batch=max_batch, max_queue=max_queue,
+                                      batch_wait_s=batch_wait_s))
+    # Admitted requests, counted before their bodies are read, so that a crowd of uploads
+    # is refused before it is buffered: at most max_queue uploads and images in memory.
+    max_admitted = max_queue
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        runtime.ensure_started()
+        yield
+        await runtime.queue.stop()
+        runtime.queue.close()
+
+    app = FastAPI(title="pixelwise", summary="Semantic segmentation service", lifespan=lifespan,
+                  docs_url="/docs", redoc_url=None)
+    app.state.runtime = runtime
+    app.state.predictor = predictor
+
+    @app.exception_handler(ImageRejected)
+    async def _rejected(request: Request, exc: ImageRejected):
+        return _error(exc.status, exc.message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        return _error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return _error(400, f"invalid request: {problems}")
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception):
+        return _error(500, f"internal server error ({type(exc).__name__})")
+
+    @app.get("/health")
+    async def health():
+        stats = runtime.queue.stats
+        alive = runtime.queue.alive
+        body = {"status": "ok" if alive else "inference worker stopped",
+                "queue_waiting": runtime.queue.waiting, "in_flight": runtime.in_flight,
+                "requests": stats.requests, "batches": stats.batches,
+                "largest_batch": stats.largest_batch, "errors": stats.errors,
+                "inference_busy_s": round(stats.busy_s, 3), **_rss_bytes()}
+        return JSONResponse(body, status_code=200 if alive else 503)
+
+    @app.get("/model")
+    async def model():
+        return {**info, "num_classes": len(names),
+                "classes": [{"index": i, "name": n, "color": list(c)}
+                            for i, (n, c) in enumerate(zip(names, colours))],
+                "limits": {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels,
+                           "max_batch": max_batch, "max_queue": max_queue,
+                           "accepted_formats": list(ACCEPTED_FORMATS), "file_field": FILE_FIELD}}
+
+    @app.post("/predict")
+    async def predict(request: Request, format: str | None = None):
+        wants_json = _wants_json(format, request.headers.get("accept", ""))
+        if runtime.in_flight >= max_admitted:
+            return _error(503, f"server busy: {max_admitted} requests in progress, retry shortly",
+                          headers={"Retry-After": "1"})
+        runtime.in_flight += 1
+        try:
+            return await _predict(request, wants_json)
+        finally:
+            runtime.in_flight -= 1
+
+    async def _predict(request: Request, wants_json: bool) -> Response:
+        runtime.ensure_started()
+        upload = await read_upload(request, max_bytes=max_upload_bytes)
+        decoded = await runtime.in_thread(decode_image, upload.data, max_pixels=max_pixels,
+                                          in_channels=in_channels)
+        del upload  # the compressed bytes are not needed past decoding
+        try:
+            mask = await asyncio.wait_for(runtime.queue.submit(decoded.array), request_timeout_s)
+        except QueueFull as e:
+            return _error(503, f"server busy: {e}; retry shortly", headers={"Retry-After": "1"})
+        except asyncio.TimeoutError:
+            return _error(504, f"prediction took longer than {request_timeout_s:g} s")
+        except (ValueError, PixelwiseError) as e:
+            # The model cannot take this image (too small for its depth, wrong channels...).
+            return _error(422, f"cannot predict this image: {e}")
+        if mask.shape != decoded.size:
+            return _error(500, f"model returned a {mask.shape} mask for a {decoded.size} image")
+        if wants_json:
+            body = await runtime.in_thread(json_result, decoded.array, mask, names, colours,
+                                           overlay_alpha)
+            return JSONResponse(body)
+        png = await runtime.in_thread(mask_to_png, mask, colours)
+        return Response(png, media_type="image/png",
+                        headers={"Content-Disposition": 'inline; filename="mask.png"',
+                                 "X-Class-Areas": _areas_header(mask)})
+
+    def _areas_header(mask: np.ndarray) -> str:
+        # Pixel counts per class index, so a PNG client can read the areas without decoding.
+        return ",".join(str(a["pixels"]) for a in class_areas(mask, names, colours))
+
+    @app.get("/", include_in_schema=False)
+    async def index():
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html",
+                            headers={"Content-Security-Policy": PAGE_CSP,
+                                     "X-Content-Type-Options": "nosniff"})
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+

@@ -1,0 +1,191 @@
+"""Uploaded bytes -> checked, decoded image; mask -> PNG and class areas.
+
+Every check happens in the cheapest order: magic bytes (is this an image type we accept?),
+then the header's width x height (a decompression bomb is refused before a single pixel is
+decoded), then the full decode (a truncated or corrupt file fails here).
+"""
+from __future__ import annotations
+
+import base64
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..visualize import default_palette, overlay, to_rgb8
+
+# Magic bytes -> (format name, PIL format). Decided from the bytes, never from a client's
+# Content-Type or file name, which are only hints.
+_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"\xff\xd8\xff", "jpeg"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+    (b"BM", "bmp"),
+)
+ACCEPTED_FORMATS = ("png", "jpeg", "tiff", "bmp", "webp")
+ACCEPTED_MEDIA_TYPES = tuple(f"image/{f}" for f in ACCEPTED_FORMATS)
+
+
+class ImageRejected(Exception):
+    """An upload that is not a usable image; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class DecodedImage:
+    """A decoded upload: ``array`` is ``(H, W, C)`` uint8 or uint16, C = the model's channels."""
+
+    array: np.ndarray
+    format: str
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.array.shape[0], self.array.shape[1]
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The image format named by the magic bytes at the start of ``data``, or None."""
+    for magic, name in _SIGNATURES:
+        if data.startswith(magic):
+            return name
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+def decode_image(data: bytes, *, max_pixels: int, in_channels: int | None) -> DecodedImage:
+    """Check and decode an uploaded image.
+
+    Args:
+        data: the uploaded file's bytes.
+        max_pixels: the largest width x height accepted, checked on the header before decoding.
+        in_channels: channels the model takes (1 -> greyscale, 3 -> RGB; None keeps RGB).
+
+    Returns:
+        The decoded image, alpha dropped, converted to the model's channel count.
+
+    Raises:
+        ImageRejected: 400 empty or corrupt/truncated, 413 too many pixels, 415 not an
+            accepted image type.
+    """
+    if not data:
+        raise ImageRejected(400, "empty upload: the file has 0 bytes")
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise ImageRejected(415, "unsupported file type: not a PNG, JPEG, TIFF, BMP or WebP image "
+                                 "(checked from the file's bytes)")
+    try:
+        with warnings.catch_warnings():
+            # PIL warns (and past 2x its limit raises) on huge headers; our own limit, checked
+            # below, is the one that decides.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=[fmt.upper()])
+    except Image.DecompressionBombError as e:
+        raise ImageRejected(413, f"image too large: {e}") from e
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise ImageRejected(400, f"corrupt {fmt} image: cannot read its header ({e})") from e
+    with img:
+        width, height = img.size
+        if width * height > max_pixels:
+            raise ImageRejected(413, f"image too large: {width}x{height} = {width * height} pixels, "
+                                     f"the limit is {max_pixels}")
+        if width == 0 or height == 0:
+            raise ImageRejected(400, f"{fmt} image has no pixels ({width}x{height})")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                img.load()
+        except Image.DecompressionBombError as e:
+            raise ImageRejected(413, f"image too large: {e}") from e
+        except (OSError, ValueError, SyntaxError, EOFError) as e:
+            raise ImageRejected(400, f"corrupt or truncated {fmt} image ({e})") from e
+        array = _to_channels(img, in_channels)
+    return DecodedImage(array=array, format=fmt)
+
+
+def _to_channels(img: Image.Image, in_channels: int | None) -> np.ndarray:
+    """A loaded PIL image -> ``(H, W, C)`` array with the model's channel count."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit greyscale (microscopy, remote sensing): keep the depth, PIL's RGB
+        # conversion of these modes would clip it to 8 bits.
+        grey = np.asarray(img).astype(np.uint16 if img.mode != "I" else np.int32)
+        if grey.dtype == np.int32:
+            grey = np.clip(grey, 0, 65535).astype(np.uint16)
+        arr = grey[..., None]
+        return arr if in_channels == 1 else np.repeat(arr, in_channels or 3, axis=-1)
+    if in_channels == 1:
+        return np.asarray(img.convert("L"))[..., None]
+    rgb = np.asarray(img.convert("RGB"))
+    if in_channels in (None, 3):
+        return rgb
+    raise ImageRejected(415, f"this model takes {in_channels}-channel input; uploads are "
+                             "decoded as greyscale or RGB only")
+
+
+def display_classes(class_names: list[str], palette: list | None) -> tuple[list[str], list[tuple]]:
+    """Names and colours for every value a mask can hold.
+
+    A binary model (one class name, sigmoid output) predicts 0 = background, 1 = the class,
+    so it gets a "background" entry in front.
+    """
+    names = list(class_names)
+    colours = [tuple(int(v) for v in c) for c in palette] if palette else []
+    if len(names) == 1:
+        names = ["background", names[0]]
+        if len(colours) < 2:
+            colours = [(0, 0, 0), colours[0] if colours else (255, 255, 255)]
+    if len(colours) < len(names):
+        colours = colours + default_palette(len(names))[len(colours):]
+    return names, colours[: len(names)]
+
+
+def mask_to_png(mask: np.ndarray, palette: list[tuple[int, int, int]]) -> bytes:
+    """``(H, W)`` class indices -> palette ("P" mode) PNG bytes: the pixel values are the classes."""
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be (H, W), got shape {mask.shape}")
+    if mask.size and (mask.min() < 0 or mask.max() > 255):
+        raise ValueError(f"mask values {mask.min()}..{mask.max()} do not fit a palette PNG (0..255)")
+    img = Image.fromarray(mask.astype(np.uint8), mode="P")
+    flat = [v for colour in palette for v in colour]
+    img.putpalette(flat + [0] * (768 - len(flat)))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=False, compress_level=6)
+    return buf.getvalue()
+
+
+def rgb_to_png(rgb: np.ndarray) -> bytes:
+    """``(H, W, 3)`` uint8 -> PNG bytes."""
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def class_areas(mask: np.ndarray, names: list[str], colours: list[tuple]) -> list[dict]:
+    """Pixel count and fraction of the image for every class (0 for absent ones)."""
+    counts = np.bincount(mask.ravel().astype(np.int64), minlength=len(names))
+    total = max(int(mask.size), 1)
+    return [{"index": i, "name": names[i] if i < len(names) else f"class {i}",
+             "color": list(colours[i]) if i < len(colours) else [0, 0, 0],
+             "pixels": int(n), "fraction": int(n) / total}
+            for i, n in enumerate(counts)]
+
+
+def json_result(image: np.ndarray, mask: np.ndarray, names: list[str], colours: list[tuple],
+                alpha: float) -> dict:
+    """The JSON body of ``/predict?format=json`` (PNG payloads base64-encoded)."""
+    over = overlay(to_rgb8(image), mask, colours, alpha=alpha)
+    return {
+        "width": int(mask.shape[1]), "height": int(mask.shape[0]),
+        "classes": class_areas(mask, names, colours),
+        "mask_png": base64.b64encode(mask_to_png(mask, colours)).decode("ascii"),
+        "overlay_png": base64.b64encode(rgb_to_png(over)).decode("ascii"),
+        "overlay_alpha": alpha,
+    }
+

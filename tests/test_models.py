@@ -1,0 +1,243 @@
+"""Model zoo: the contract every registered model keeps, paper parameter counts, weight loading."""
+import functools
+import hashlib
+import http.server
+import threading
+
+import pytest
+import torch
+
+import pixelwise
+from pixelwise.errors import PixelwiseError
+from pixelwise.models.backbones import (ResNet34Encoder, VGG16Backbone,
+                                        resnet_state_dict_for_encoder, vgg16_to_fcn_state_dict)
+from pixelwise.models.fcn import bilinear_kernel, upsampler
+
+# Smallest constructor arguments per model, so the contract test stays fast.
+TINY = {
+    "unet": dict(in_channels=3, num_classes=3, base_channels=4, depth=3),
+    "unet_small": dict(in_channels=1, num_classes=1),
+    "resnet34_unet": dict(in_channels=3, num_classes=3),
+    "fcn32s": dict(num_classes=3),
+    "fcn16s": dict(num_classes=3),
+    "fcn8s": dict(num_classes=3),
+}
+
+
+def trainable(model):
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_registry_lists_every_model_and_rejects_unknown():
+    assert pixelwise.list_models() == sorted(TINY)
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        pixelwise.build_model("nope")
+    with pytest.raises(ValueError, match="already registered"):
+        pixelwise.register_model(pixelwise.models.unet.unet)
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_model_contract(name, tmp_path):
+    kwargs = TINY[name]
+    torch.manual_seed(0)
+    model = pixelwise.build_model(name, **kwargs)
+    c_in, c_out = kwargs.get("in_channels", 3), kwargs["num_classes"]
+
+    # any size, odd ones included: logits at the input resolution
+    model.eval()
+    with torch.no_grad():
+        for h, w in [(32, 32), (37, 45)]:
+            out = model(torch.randn(2, c_in, h, w))
+            assert out.shape == (2, c_out, h, w)
+
+    # backward reaches the classifier
+    model.train()
+    out = model(torch.randn(2, c_in, 32, 32))
+    (out * torch.randn_like(out)).sum().backward()  # non-zero even where logits are 0
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+    # save / load round trip rebuilds the same function from the file alone
+    model.eval()
+    x = torch.randn(1, c_in, 33, 35)
+    classes = [f"c{i}" for i in range(c_out)]
+    path = pixelwise.save_checkpoint(tmp_path / "m.pt", model, name, kwargs, classes,
+                                     mean=(0.5,) * c_in, std=(0.25,) * c_in)
+    ckpt = pixelwise.load_checkpoint(path)
+    assert ckpt.class_names == classes and ckpt.model_name == name
+    with torch.no_grad():
+        assert torch.equal(model(x), ckpt.model(x))
+
+
+@pytest.mark.parametrize("name,kwargs,expected", [
+    ("fcn32s", dict(num_classes=21), 134_346_581),
+    ("fcn8s", dict(num_classes=21), 134_362_751),
+    ("unet", dict(in_channels=1, num_classes=2, base_channels=64, depth=4, padding="valid",
+                  batch_norm=False, upsample="transpose"), 31_030_658),
+    ("unet", dict(in_channels=3, num_classes=2, base_channels=32, batch_norm=True), 7_766_018),
+    ("resnet34_unet", dict(num_classes=2), 21_657_186),
+    ("unet_small", dict(in_channels=1, num_classes=1), 487_449),
+])
+def test_paper_parameter_counts(name, kwargs, expected):
+    assert trainable(pixelwise.build_model(name, **kwargs)) == expected
+
+
+def test_fcn_learnable_upsampling_adds_the_transposed_convs():
+    fixed = trainable(pixelwise.build_model("fcn8s", num_classes=21))
+    learned = trainable(pixelwise.build_model("fcn8s", num_classes=21, learnable_upsampling=True))
+    # upscore2 and upscore_pool4 are 21x21x4x4, upscore8 is 21x21x16x16, no bias
+    assert learned - fixed == 2 * 21 * 21 * 16 + 21 * 21 * 256
+
+
+def test_valid_unet_maps_572_to_388():
+    model = pixelwise.build_model("unet", in_channels=1, num_classes=2, base_channels=4,
+                                  padding="valid", batch_norm=False)
+    with torch.no_grad():
+        out = model(torch.randn(1, 1, 572, 572))
+    assert out.shape == (1, 2, 388, 388)
+    assert model.output_shape(572, 572) == (388, 388)
+    assert model.valid_input_size(388) == 572
+
+
+@pytest.mark.parametrize("size", [1, 2, 31, 32, 33, 63, 97])
+def test_fcn_output_aligned_for_any_size(size):
+    model = pixelwise.build_model("fcn8s", num_classes=2).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, size, size + 2)).shape == (1, 2, size, size + 2)
+
+
+def test_fcn_score_layers_start_at_zero():
+    model = pixelwise.build_model("fcn8s", num_classes=5)
+    for layer in (model.score_fr, model.score_pool4, model.score_pool3):
+        assert layer.weight.abs().sum() == 0 and layer.bias.abs().sum() == 0
+
+
+def test_bilinear_upsampling_of_a_constant_is_constant_inside():
+    up = upsampler(3, 8, learnable=False)
+    with torch.no_grad():
+        out = up(torch.full((1, 3, 6, 7), 2.5))
+    k = 16  # kernel size: the first/last k pixels see fewer than all contributions
+    inner = out[..., k:-k, k:-k]
+    assert inner.numel() > 0
+    torch.testing.assert_close(inner, torch.full_like(inner, 2.5))
+    # channels are upsampled independently
+    w = bilinear_kernel(3, 4)
+    assert w[0, 1].abs().sum() == 0 and w[0, 0].sum() == pytest.approx(4.0)
+
+
+def torchvision_vgg16_layout():
+    """Keys and shapes of torchvision's vgg16 state_dict, written out independently."""
+    cfg = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+    sd, idx, c_in = {}, 0, 3
+    for v in cfg:
+        if v == "M":
+            idx += 1
+            continue
+        sd[f"features.{idx}.weight"] = torch.randn(v, c_in, 3, 3)
+        sd[f"features.{idx}.bias"] = torch.randn(v)
+        idx, c_in = idx + 2, v
+    for i, (o, n) in {0: (4096, 25088), 3: (4096, 4096), 6: (1000, 4096)}.items():
+        sd[f"classifier.{i}.weight"] = torch.randn(o, n) * 0.01
+        sd[f"classifier.{i}.bias"] = torch.randn(o)
+    return sd
+
+
+def torchvision_resnet34_layout():
+    sd = {"conv1.weight": torch.randn(64, 3, 7, 7)}
+
+    def bn(prefix, c):
+        sd.update({f"{prefix}.weight": torch.rand(c), f"{prefix}.bias": torch.randn(c),
+                   f"{prefix}.running_mean": torch.randn(c), f"{prefix}.running_var": torch.rand(c),
+                   f"{prefix}.num_batches_tracked": torch.tensor(7)})
+    bn("bn1", 64)
+    c_in = 64
+    for layer, (c, n) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3)), start=1):
+        for b in range(n):
+            p = f"layer{layer}.{b}"
+            sd[f"{p}.conv1.weight"] = torch.randn(c, c_in if b == 0 else c, 3, 3)
+            bn(f"{p}.bn1", c)
+            sd[f"{p}.conv2.weight"] = torch.randn(c, c, 3, 3)
+            bn(f"{p}.bn2", c)
+            if b == 0 and layer > 1:
+                sd[f"{p}.downsample.0.weight"] = torch.randn(c, c_in, 1, 1)
+                bn(f"{p}.downsample.1", c)
+        c_in = c
+    sd["fc.weight"], sd["fc.bias"] = torch.randn(1000, 512), torch.randn(1000)
+    return sd
+
+
+def test_torchvision_vgg16_converts_and_loads_strictly():
+    tv = torchvision_vgg16_layout()
+    converted = vgg16_to_fcn_state_dict(tv)
+    backbone = VGG16Backbone()
+    backbone.load_state_dict(converted, strict=True)
+    assert torch.equal(backbone.fc6.weight.flatten(1), tv["classifier.0.weight"])
+    assert torch.equal(backbone.fc7.weight.flatten(1), tv["classifier.3.weight"])
+    assert torch.equal(backbone.features[28].bias, tv["features.28.bias"])
+
+    tv["features.28.bias"] = torch.zeros(3)
+    with pytest.raises(ValueError, match="features.28.bias"):
+        vgg16_to_fcn_state_dict(tv)
+    del tv["features.28.bias"]
+    with pytest.raises(ValueError, match="missing keys.*features.28.bias"):
+        vgg16_to_fcn_state_dict(tv)
+
+
+def test_torchvision_resnet34_loads_strictly_and_adapts_channels():
+    tv = torchvision_resnet34_layout()
+    encoder = ResNet34Encoder()
+    encoder.load_state_dict(resnet_state_dict_for_encoder(tv), strict=True)
+    assert torch.equal(encoder.layer4[2].bn2.running_var, tv["layer4.2.bn2.running_var"])
+    grey = resnet_state_dict_for_encoder(tv, in_channels=1)
+    torch.testing.assert_close(grey["conv1.weight"], tv["conv1.weight"].sum(1, keepdim=True))
+    del tv["layer3.5.conv2.weight"]
+    with pytest.raises(ValueError, match="layer3.5.conv2.weight"):
+        resnet_state_dict_for_encoder(tv)
+
+
+@pytest.fixture
+def http_dir(tmp_path):
+    """Serve tmp_path/www over HTTP on 127.0.0.1; yields (folder, base URL)."""
+    www = tmp_path / "www"
+    www.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield www, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_pretrained_resnet34_from_url_with_hash_check(http_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    www, url = http_dir
+    tv = torchvision_resnet34_layout()
+    tmp = www / "tmp.pth"
+    torch.save(tv, tmp)
+    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    good = www / f"resnet34-{digest[:8]}.pth"
+    tmp.rename(good)
+    model = pixelwise.build_model("resnet34_unet", num_classes=2,
+                                  pretrained=f"{url}/{good.name}")
+    assert torch.equal(model.encoder.conv1.weight, tv["conv1.weight"])
+
+    # a file whose name promises another hash is refused
+    (www / "resnet34-deadbeef.pth").write_bytes(good.read_bytes())
+    with pytest.raises(PixelwiseError, match="sha256"):
+        pixelwise.build_model("resnet34_unet", pretrained=f"{url}/resnet34-deadbeef.pth")
+
+
+def test_pretrained_offline_and_missing_file_errors(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(PixelwiseError, match="cannot download.*local path"):
+        # port 9 on 127.0.0.1: nothing listens, as on an offline machine
+        pixelwise.build_model("resnet34_unet", pretrained="http://127.0.0.1:9/resnet34-b627a593.pth")
+    with pytest.raises(PixelwiseError, match="not found"):
+        pixelwise.build_model("fcn32s", pretrained=str(tmp_path / "vgg16.pth"))
+
+
+def test_pretrained_vgg16_from_local_file(tmp_path):
+    tv = torchvision_vgg16_layout()
+    torch.save(tv, tmp_path / "vgg16.pth")
+    model = pixelwise.build_model("fcn32s", num_classes=4, pretrained=tmp_path / "vgg16.pth")
+    assert torch.equal(model.backbone.features[0].weight, tv["features.0.weight"])
