@@ -60,14 +60,16 @@ class CrossEntropyLoss(nn.Module):
         check_inputs(logits, target, "multiclass", self.ignore_index)
         check_num_weights(self.class_weights, logits.shape[1])
         valid, safe = valid_and_safe(target, self.ignore_index)
+        # A no-op when the module was moved with .to(device); saves callers who forgot.
+        weight = None if self.class_weights is None else self.class_weights.to(logits.device)
         # torch's reduction="none" already zeroes ignored pixels; the sums below then give
         # the weighted mean while a fully ignored batch gives 0, not NaN.
-        loss = F.cross_entropy(logits.float(), target, weight=self.class_weights,
+        loss = F.cross_entropy(logits.float(), target, weight=weight,
                                ignore_index=self.ignore_index, reduction="none",
                                label_smoothing=self.label_smoothing)
-        if self.class_weights is None:
+        if weight is None:
             return masked_mean(loss, valid)
-        w = torch.where(valid, self.class_weights[safe], torch.zeros((), device=logits.device))
+        w = torch.where(valid, weight[safe], torch.zeros((), device=logits.device))
         return loss.sum() / w.sum().clamp_min(torch.finfo(torch.float32).tiny)
 
 

@@ -65,7 +65,7 @@ class FocalLoss(nn.Module):
             check_num_weights(self.alpha, logits.shape[1], name="alpha")
             logp = F.log_softmax(logits.float(), dim=1)
             logpt = logp.gather(1, safe.unsqueeze(1)).squeeze(1)
-            alpha_t = None if self.alpha is None else self.alpha[safe]
+            alpha_t = None if self.alpha is None else self.alpha.to(logits.device)[safe]
         pt = logpt.exp()
         loss = -((1.0 - pt).clamp_min(0.0) ** self.gamma) * logpt
         if alpha_t is not None:
