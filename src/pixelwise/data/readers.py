@@ -99,7 +99,14 @@ def _read_tiff(path: Path, max_pixels: int | None) -> np.ndarray:
 
     shape, axes = _tiff_layout(path)
     _check_pixels(path, *_hw_from_tiff(shape, axes), max_pixels)
-    arr = tifffile.imread(path)
+    try:
+        arr = tifffile.imread(path)
+    except ValueError as e:
+        if "imagecodecs" not in str(e):
+            raise
+        # tifffile needs the optional imagecodecs package for LZW/JPEG compression; Pillow
+        # decodes those itself (DRIVE's images are LZW).
+        return _read_tiff_pil(path)
     # Move Y, X to the front and fold every other axis (pages, channels, samples) into the
     # last one: a multi-page stack of single bands becomes a multi-band image.
     y, x = axes.index("Y"), axes.index("X")
@@ -108,10 +115,27 @@ def _read_tiff(path: Path, max_pixels: int | None) -> np.ndarray:
     return arr.reshape(arr.shape[0], arr.shape[1], -1)
 
 
+def _read_tiff_pil(path: Path) -> np.ndarray:
+    from PIL import ImageSequence
+
+    with Image.open(path) as im:
+        pages = [_pil_to_array(page.copy(), path, keep_palette=True) for page in ImageSequence.Iterator(im)]
+    pages = [p[..., None] if p.ndim == 2 else p for p in pages]
+    return np.concatenate(pages, axis=-1)
+
+
 def _pil_to_array(im: Image.Image, path: Path, keep_palette: bool) -> np.ndarray:
     mode = im.mode
     if mode == "P" and keep_palette:
-        return np.asarray(im)
+        idx = np.asarray(im)
+        lut = np.asarray(im.getpalette("RGB") or [], dtype=np.uint8).reshape(-1, 3)
+        used = np.unique(idx)
+        used = used[used < len(lut)]
+        # A palette of greys (GIFs saved from greyscale) means the greys are the values; any
+        # coloured entry (PASCAL VOC) means the indices are the classes.
+        if len(used) == len(np.unique(idx)) and (lut[used] == lut[used, :1]).all():
+            return lut[idx, 0]
+        return idx
     if mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
         mode = im.mode

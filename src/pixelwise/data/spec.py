@@ -40,13 +40,15 @@ import copy
 import glob
 import os
 import re
+import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from ..errors import ConfigError, DataError
 from .readers import DEFAULT_MAX_PIXELS
@@ -57,6 +59,7 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 RGB = tuple[int, int, int]
+TEMPLATE_FIELDS = {"id", "stem", "name", "parent"}
 
 
 class MaskSpec(BaseModel):
@@ -92,6 +95,21 @@ class SplitSpec(BaseModel):
     id_from: str | None = None
     masks: str | None = None
     valid: str | None = None
+
+    @field_validator("images", "masks", "valid", "id_from")
+    @classmethod
+    def _known_fields(cls, template: str | None) -> str | None:
+        if template is None:
+            return None
+        try:
+            names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+        except ValueError as e:
+            raise ValueError(f"bad template {template!r}: {e}") from None
+        unknown = names - TEMPLATE_FIELDS
+        if unknown:
+            raise ValueError(f"unknown field {sorted(unknown)[0]!r} in template {template!r} "
+                             f"(use {', '.join('{' + f + '}' for f in sorted(TEMPLATE_FIELDS))})")
+        return template
 
 
 class HoldoutSpec(BaseModel):
@@ -332,7 +350,10 @@ def encode_mask(raw: np.ndarray, spec: DatasetSpec, path: str | os.PathLike) -> 
         for raw_value, cls in m.value_map.items():
             if 0 <= raw_value < lut.size:
                 lut[raw_value] = cls
-    for v in [*m.ignore_values, ignore]:
+    # Raw values equal to ignore_index stay ignored unless the value map names them (ISBI's
+    # 255 is a class); explicit ignore_values always win.
+    passthrough = [] if m.value_map is not None and ignore in m.value_map else [ignore]
+    for v in [*passthrough, *m.ignore_values]:
         if 0 <= v < lut.size:
             lut[v] = ignore
     unknown = values[lut[values] < 0]
@@ -429,7 +450,7 @@ def load_spec(source: "DatasetSpec | dict | str | os.PathLike",
     if root is not None:
         data["root"] = root
     if data.get("root") is None:
-        raise ConfigError(f"root: {label} needs a data folder (pass root=...)")
+        raise ConfigError(f"root: {label} needs a data folder (root=... or --root)")
     data["root"] = (base_dir / Path(data["root"]).expanduser()).resolve()
     try:
         return DatasetSpec.model_validate(data)

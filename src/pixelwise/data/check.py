@@ -1,0 +1,256 @@
+"""Check a dataset before training: find every problem, each naming its file, and statistics.
+
+:func:`quick_check` is cheap (file existence, image/mask pairing, sizes from headers, pixel
+limits) and is what training runs first. :func:`check_dataset` also decodes every file:
+truncated images, label values outside the spec, class pixel frequencies, median-frequency
+class weights and channel mean/std.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError, PixelwiseError
+from ..preprocess import scale_to_unit
+from .dataset import load_sample
+from .readers import image_size
+from .spec import DatasetSpec, Sample, _resolve_split, _under, load_spec, mask_glob
+
+
+def _base_split(spec: DatasetSpec, split: str) -> str:
+    h = spec.holdout
+    return h.source if h is not None and split in (h.source, h.target) else split
+
+
+def _header_problems(spec: DatasetSpec, samples: list[Sample]) -> tuple[list[str], set[Path]]:
+    """Problems found from headers, and the images of the samples that have one."""
+    problems: list[str] = []
+    bad: set[Path] = set()
+    for s in samples:
+        before = len(problems)
+        try:
+            hw = image_size(s.image, spec.max_pixels)
+        except DataError as e:
+            problems.append(str(e))
+            bad.add(s.image)
+            continue
+        masks = s.mask if isinstance(s.mask, tuple) else () if s.mask is None else (s.mask,)
+        if isinstance(s.mask, tuple) and not s.mask:
+            problems.append(f"{s.image}: missing mask (no instance mask files found)")
+        for path, what in [(m, "mask") for m in masks] + [(s.valid, "valid-region mask")]:
+            if path is None:
+                continue
+            if not Path(path).is_file():
+                problems.append(f"{path}: missing {what} for image {s.image}")
+                continue
+            try:
+                other = image_size(path, spec.max_pixels)
+            except DataError as e:
+                problems.append(str(e))
+                continue
+            if other != hw:
+                problems.append(f"{path}: size {other[1]}x{other[0]} does not match its image "
+                                f"{s.image} ({hw[1]}x{hw[0]})")
+        if len(problems) > before:
+            bad.add(s.image)
+    return problems, bad
+
+
+def _extra_masks(spec: DatasetSpec, split: str) -> list[str]:
+    base = _base_split(spec, split)
+    pattern = mask_glob(spec, base)
+    if pattern is None:
+        return []
+    referenced = set()
+    for s in _resolve_split(spec, base):
+        referenced.update(s.mask if isinstance(s.mask, tuple) else [s.mask])
+    import glob
+
+    found = {Path(p) for p in glob.glob(pattern) if Path(p).is_file()}
+    return [f"{p}: extra mask with no matching image in split {base!r}"
+            for p in sorted(found - referenced)]
+
+
+def _split_problems(spec: DatasetSpec, split: str) -> tuple[list[Sample], list[str], set[Path]]:
+    try:
+        samples = spec.resolve(split)
+    except PixelwiseError as e:
+        return [], [str(e)], set()
+    problems, bad = _header_problems(spec, samples)
+    return samples, problems + _extra_masks(spec, split), bad
+
+
+def quick_check(spec: DatasetSpec | dict | str, split: str) -> int:
+    """Cheap check of one split: files exist, images pair with masks, header sizes agree,
+    no image over the pixel limit, no mask without an image.
+
+    Args:
+        spec: a dataset spec (or anything :func:`load_spec` accepts).
+        split: split name.
+
+    Returns:
+        The number of samples in the split.
+
+    Raises:
+        DataError: listing every problem found, one per line, each naming its file.
+    """
+    spec = load_spec(spec)
+    samples, problems, _ = _split_problems(spec, split)
+    if problems:
+        raise DataError(f"{len(problems)} problem(s) in split {split!r} of dataset "
+                        f"{spec.name!r}:\n" + "\n".join(f"  - {p}" for p in problems))
+    return len(samples)
+
+
+def median_frequency_weights(class_pixels: np.ndarray, present_pixels: np.ndarray) -> list[float]:
+    """Median-frequency class weights (Eigen & Fergus 2015, as used by SegNet).
+
+    ``freq(c) = pixels of class c / pixels of the images where c is present``;
+    ``weight(c) = median(freq) / freq(c)``. A class that never appears gets weight 0.
+    """
+    present = present_pixels > 0
+    freq = np.where(present, class_pixels / np.maximum(present_pixels, 1), 0.0)
+    if not present.any():
+        return [0.0] * len(freq)
+    med = np.median(freq[present])
+    return [float(med / f) if f > 0 else 0.0 for f in freq]
+
+
+@dataclass
+class SplitStats:
+    """Statistics of one split (pixel counts exclude ignored pixels)."""
+
+    count: int = 0
+    sizes: dict[str, int] = field(default_factory=dict)
+    class_pixels: list[int] = field(default_factory=list)
+    class_frequency: list[float] = field(default_factory=list)
+    class_weights: list[float] = field(default_factory=list)
+    ignored_pixels: int = 0
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+
+
+@dataclass
+class DataReport:
+    """The result of :func:`check_dataset`: statistics per split and every problem found."""
+
+    name: str
+    class_names: list[str]
+    splits: dict[str, SplitStats]
+    problems: list[str]
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _split_stats(spec: DatasetSpec, samples: list[Sample], problems: list[str]) -> SplitStats:
+    n = spec.num_classes
+    class_pixels = np.zeros(n, dtype=np.int64)
+    present_pixels = np.zeros(n, dtype=np.int64)
+    sizes: Counter = Counter()
+    ch_sum = np.zeros(spec.channels)
+    ch_sq = np.zeros(spec.channels)
+    ch_n = 0
+    ignored = 0
+    for s in samples:
+        try:
+            image, mask = load_sample(spec, s)
+        except PixelwiseError as e:
+            problems.append(str(e))
+            continue
+        sizes[f"{mask.shape[0]}x{mask.shape[1]}"] += 1
+        labelled = mask[mask != spec.ignore_index]
+        ignored += mask.size - labelled.size
+        counts = np.bincount(labelled, minlength=n)[:n]
+        class_pixels += counts
+        present_pixels[counts > 0] += labelled.size
+        unit = scale_to_unit(image).reshape(-1, image.shape[-1]).astype(np.float64)
+        ch_sum += unit.sum(axis=0)
+        ch_sq += (unit**2).sum(axis=0)
+        ch_n += unit.shape[0]
+    total = max(int(class_pixels.sum()), 1)
+    mean = ch_sum / max(ch_n, 1)
+    std = np.sqrt(np.maximum(ch_sq / max(ch_n, 1) - mean**2, 0))
+    return SplitStats(
+        count=len(samples), sizes=dict(sizes), class_pixels=class_pixels.tolist(),
+        class_frequency=(class_pixels / total).tolist(),
+        class_weights=median_frequency_weights(class_pixels, present_pixels),
+        ignored_pixels=int(ignored), mean=mean.tolist(), std=std.tolist())
+
+
+def check_dataset(spec: DatasetSpec | dict | str, splits: list[str] | None = None,
+                  max_images: int | None = None) -> DataReport:
+    """Full check: decode every image and mask of the splits and gather statistics.
+
+    Args:
+        spec: a dataset spec (or anything :func:`load_spec` accepts).
+        splits: split names (default: all, holdout splits included).
+        max_images: decode at most this many samples per split (statistics on a prefix;
+            the cheap checks still cover every file).
+
+    Returns:
+        A :class:`DataReport`; ``report.ok`` is False when any problem was found.
+    """
+    spec = load_spec(spec)
+    problems: list[str] = []
+    stats = {}
+    skipped = []
+    for split in splits or spec.split_names:
+        if not splits and _absent(spec, split):
+            # A preset's optional split (CamVid's test) that this copy does not have is not a
+            # problem unless it was asked for by name.
+            skipped.append(split)
+            continue
+        samples, found, bad = _split_problems(spec, split)
+        problems += found
+        # Samples already reported by the cheap check are not decoded again.
+        decodable = [s for s in samples if s.image not in bad]
+        stats[split] = _split_stats(spec, decodable[:max_images], problems)
+        stats[split].count = len(samples)
+    return DataReport(name=spec.name, class_names=list(spec.class_names), splits=stats,
+                      problems=list(dict.fromkeys(problems)), skipped=skipped)
+
+
+def _absent(spec: DatasetSpec, split: str) -> bool:
+    """True when a split has no files at all here (no image matches, no list file)."""
+    import glob
+
+    s = spec.splits[_base_split(spec, split)]
+    if s.id_list is None:
+        return not glob.glob(str(_under(spec.root, s.images)), recursive=True)
+    lists = [s.id_list] if isinstance(s.id_list, str) else s.id_list
+    return not any(_under(spec.root, name).is_file() for name in lists)
+
+
+def format_report(report: DataReport) -> str:
+    """Human-readable text of a :class:`DataReport`."""
+    lines = [f"dataset {report.name}: {len(report.class_names)} classes"]
+    if report.skipped:
+        lines.append(f"skipped splits with no files here: {', '.join(report.skipped)}")
+    for split, st in report.splits.items():
+        if st.count == 0:
+            lines.append(f"\n[{split}] no samples")
+            continue
+        sizes = ", ".join(f"{k} ({v})" for k, v in sorted(st.sizes.items(), key=lambda kv: -kv[1]))
+        lines.append(f"\n[{split}] {st.count} samples; sizes: {sizes or '-'}")
+        lines.append(f"  channel mean {[round(v, 4) for v in st.mean]} "
+                     f"std {[round(v, 4) for v in st.std]}")
+        lines.append(f"  ignored pixels: {st.ignored_pixels}")
+        lines.append(f"  {'class':<20}{'pixels':>14}{'frequency':>11}{'weight':>9}")
+        for name, px, fr, w in zip(report.class_names, st.class_pixels, st.class_frequency,
+                                   st.class_weights):
+            lines.append(f"  {name:<20}{px:>14}{fr:>11.4f}{w:>9.4f}")
+    if report.problems:
+        lines.append(f"\n{len(report.problems)} problem(s):")
+        lines += [f"  - {p}" for p in report.problems]
+    else:
+        lines.append("\nno problems found")
+    return "\n".join(lines)

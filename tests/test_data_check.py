@@ -1,0 +1,104 @@
+"""quick_check / check_dataset / `pixelwise data check`: every problem names its file."""
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from pixelwise.cli.data import command
+from pixelwise.data import check_dataset, load_spec, quick_check
+from pixelwise.data.check import median_frequency_weights
+from pixelwise.errors import DataError
+
+
+def _tree(tmp_path, n=3, size=(8, 10)):
+    (tmp_path / "img").mkdir(exist_ok=True)
+    (tmp_path / "lbl").mkdir(exist_ok=True)
+    for i in range(n):
+        Image.fromarray(np.full(size, 10 * i, np.uint8)).save(tmp_path / f"img/{i}.png")
+        m = np.zeros(size, np.uint8)
+        m[: i + 1] = 1
+        Image.fromarray(m).save(tmp_path / f"lbl/{i}.png")
+    return {"root": str(tmp_path), "class_names": ["bg", "fg"], "channels": 1,
+            "splits": {"train": {"images": "img/*.png", "masks": "lbl/{stem}.png"}}}
+
+
+def test_clean_dataset_statistics(tmp_path):
+    spec = _tree(tmp_path)
+    spec["splits"]["test"] = {"images": "test/*.png", "masks": "lbl/{stem}.png"}
+    assert quick_check(spec, "train") == 3
+    report = check_dataset(spec)
+    assert report.ok and report.skipped == ["test"]  # absent optional split: not a problem
+    assert not check_dataset(spec, splits=["test"]).ok  # unless asked for by name
+    st = report.splits["train"]
+    assert st.count == 3 and st.sizes == {"8x10": 3}
+    # rows 1, 2, 3 of 8 are foreground in images 0, 1, 2
+    assert st.class_pixels == [240 - 60, 60]
+    assert st.class_frequency == pytest.approx([0.75, 0.25])
+    # mean of 0, 10, 20 over equal-sized images, scaled to [0, 1]
+    assert st.mean == pytest.approx([10 / 255])
+    assert st.std == pytest.approx([np.sqrt(200 / 3) / 255])
+
+
+def test_median_frequency_weights_by_hand():
+    # class 0: 90 px in 2 images of 100 px -> 0.45; class 1: 10 px in 1 image -> 0.1;
+    # class 2: 50 px in 1 image -> 0.5; median 0.45; class 3 absent -> 0
+    w = median_frequency_weights(np.array([90, 10, 50, 0]), np.array([200, 100, 100, 0]))
+    assert w == pytest.approx([1.0, 4.5, 0.9, 0.0])
+
+
+def test_quick_check_lists_every_problem_naming_files(tmp_path):
+    spec = _tree(tmp_path, n=4)
+    (tmp_path / "lbl/1.png").unlink()                                     # missing mask
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(tmp_path / "lbl/2.png")  # size mismatch
+    Image.fromarray(np.zeros((8, 10), np.uint8)).save(tmp_path / "lbl/orphan.png")  # extra
+    (tmp_path / "img/3.png").write_bytes(b"garbage")                      # unreadable
+    with pytest.raises(DataError) as e:
+        quick_check(spec, "train")
+    msg = str(e.value)
+    assert "4 problem(s) in split 'train'" in msg
+    assert f"{tmp_path}/lbl/1.png: missing mask for image {tmp_path}/img/1.png" in msg
+    assert f"{tmp_path}/lbl/2.png: size 5x5 does not match its image {tmp_path}/img/2.png" in msg
+    assert f"{tmp_path}/lbl/orphan.png: extra mask with no matching image" in msg
+    assert f"{tmp_path}/img/3.png: unreadable image header" in msg
+
+
+def test_pixel_limit_is_a_problem(tmp_path):
+    spec = _tree(tmp_path, n=1)
+    spec["max_pixels"] = 79
+    with pytest.raises(DataError, match=r"img/0\.png: 10x8 = 80 pixels is over the pixel limit"):
+        quick_check(spec, "train")
+
+
+def test_full_check_finds_bad_labels_and_truncation(tmp_path):
+    spec = _tree(tmp_path, n=3, size=(64, 64))
+    Image.fromarray(np.full((64, 64), 5, np.uint8)).save(tmp_path / "lbl/1.png")
+    noise = np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "img/2.png")
+    data = (tmp_path / "img/2.png").read_bytes()
+    (tmp_path / "img/2.png").write_bytes(data[: len(data) // 2])
+    quick_check(spec, "train")  # headers are fine: only decoding finds these
+    report = check_dataset(spec)
+    assert not report.ok and len(report.problems) == 2
+    assert any(p.startswith(f"{tmp_path}/lbl/1.png: label values not in the spec: 5")
+               for p in report.problems)
+    assert any(p.startswith(f"{tmp_path}/img/2.png: unreadable or truncated")
+               for p in report.problems)
+
+
+def test_cli_check_exit_codes_and_json(tmp_path):
+    spec = _tree(tmp_path)
+    (tmp_path / "spec.yaml").write_text(json.dumps(spec))  # JSON is YAML
+    runner = CliRunner()
+    ok = runner.invoke(command, ["check", str(tmp_path / "spec.yaml"), "--json",
+                                 str(tmp_path / "r.json")])
+    assert ok.exit_code == 0, ok.output
+    assert "no problems found" in ok.output
+    assert json.loads((tmp_path / "r.json").read_text())["splits"]["train"]["count"] == 3
+    stats = runner.invoke(command, ["stats", str(tmp_path / "spec.yaml")])
+    assert stats.exit_code == 0 and "class_weights: [" in stats.output
+    (tmp_path / "lbl/0.png").unlink()
+    bad = runner.invoke(command, ["check", str(tmp_path / "spec.yaml")])
+    assert bad.exit_code == 1
+    assert f"{tmp_path}/lbl/0.png: missing mask" in bad.output
