@@ -11,27 +11,33 @@ import numpy as np
 import torch
 
 
+def _range(dtype: np.dtype) -> tuple[float, float]:
+    """(offset, span) that map the dtype's values to [0, 1]; floats are taken as already scaled."""
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return float(info.min), float(info.max - info.min)
+    return 0.0, 1.0
+
+
 def scale_to_unit(image: np.ndarray) -> np.ndarray:
     """``(H, W[, C])`` array of any dtype -> float32 in [0, 1] (``(H, W, C)``)."""
     img = np.asarray(image)
     if img.ndim == 2:
         img = img[..., None]
-    if img.dtype == np.uint8:
-        return img.astype(np.float32) / 255.0
-    if img.dtype == np.uint16:
-        return img.astype(np.float32) / 65535.0
-    if np.issubdtype(img.dtype, np.integer):
-        info = np.iinfo(img.dtype)
-        return (img.astype(np.float32) - info.min) / float(info.max - info.min)
-    return img.astype(np.float32)
+    offset, span = _range(img.dtype)
+    return (img.astype(np.float32) - offset) / span
 
 
 def to_tensor(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """``(H, W[, C])`` image -> normalised ``(C, H, W)`` float32 tensor."""
-    img = scale_to_unit(image)
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = img[..., None]
     if img.shape[-1] != len(mean):
         raise ValueError(f"image has {img.shape[-1]} channels but the normalisation has {len(mean)}")
-    t = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
-    m = torch.tensor(mean, dtype=torch.float32)[:, None, None]
-    s = torch.tensor(std, dtype=torch.float32)[:, None, None]
-    return (t - m) / s
+    offset, span = _range(img.dtype)
+    # ((x - offset) / span - mean) / std as one multiply-add per pixel
+    a = 1.0 / (span * np.asarray(std, dtype=np.float32))
+    b = -(offset / span + np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    out = img.astype(np.float32) * a.astype(np.float32) + b.astype(np.float32)
+    return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
