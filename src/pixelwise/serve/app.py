@@ -36,18 +36,26 @@ DECODE_THREADS = 2
 def describe_predictor(predictor: Any) -> dict[str, Any]:
     """What ``GET /model`` says about a predictor, read from its attributes where it has them."""
     ckpt = getattr(predictor, "checkpoint", None)
+    meta = getattr(predictor, "meta", None)
+    meta = meta if isinstance(meta, dict) else {}
 
     def attr(name: str, default: Any = None) -> Any:
-        value = getattr(predictor, name, None)
-        return value if value is not None else getattr(ckpt, name, default)
+        # The predictor's own attribute, else its checkpoint's, else its metadata dict's.
+        for value in (getattr(predictor, name, None), getattr(ckpt, name, None), meta.get(name)):
+            if value is not None:
+                return value
+        return default
 
     path = attr("path")
     return {
         "name": attr("model_name", type(predictor).__name__),
         "in_channels": attr("in_channels"),
         "backend": attr("backend", "unknown"),
+        # Tiling: images larger than tile_size are predicted in overlapping tiles; input_size
+        # is the size a model needs, where it has one (the valid-convolution U-Net).
         "tile_size": attr("tile_size"),
         "overlap": attr("overlap"),
+        "input_size": attr("input_size"),
         "checkpoint": Path(path).name if path is not None else None,
     }
 
@@ -104,7 +112,7 @@ class _Runtime:
 
 
 def create_app(predictor: Any, *, max_upload_bytes: int = 20 * 1024 * 1024,
-               max_pixels: int = 4096 * 4096, max_batch: int = 4, max_queue: int = 32,
+               max_pixels: int = 4096 * 4096, max_batch: int = 1, max_queue: int = 32,
                batch_wait_s: float = 0.005, request_timeout_s: float = 120.0,
                overlay_alpha: float = 0.5, model_info: dict[str, Any] | None = None) -> FastAPI:
     """Build the FastAPI app that serves ``predictor``.
@@ -114,7 +122,8 @@ def create_app(predictor: Any, *, max_upload_bytes: int = 20 * 1024 * 1024,
             ``class_names`` and ``palette``; ``predict_batch(list)`` is used when present.
         max_upload_bytes: the largest uploaded file; larger ones get 413 while streaming.
         max_pixels: the largest width x height, checked on the header before decoding (413).
-        max_batch: the most equal-sized requests run as one batch.
+        max_batch: the most equal-sized requests run as one batch (1: one by one, the better
+            choice on a CPU, where a batch multiplies activation memory for no speed-up).
         max_queue: the most requests admitted at once (waiting or being read); more get 503.
         batch_wait_s: how long a partial batch waits for more requests to join.
         request_timeout_s: a request waiting longer for its prediction gets 504.

@@ -12,7 +12,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..visualize import default_palette, overlay, to_rgb8
 
@@ -89,8 +89,10 @@ def decode_image(data: bytes, *, max_pixels: int, in_channels: int | None) -> De
             img = Image.open(io.BytesIO(data), formats=[fmt.upper()])
     except Image.DecompressionBombError as e:
         raise ImageRejected(413, f"image too large: {e}") from e
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise ImageRejected(400, f"corrupt {fmt} image: cannot read its header ({e})") from e
+    except UnidentifiedImageError as e:
+        raise ImageRejected(400, f"corrupt {fmt} image: its header cannot be read") from e
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ImageRejected(400, f"corrupt {fmt} image: its header cannot be read ({e})") from e
     with img:
         width, height = img.size
         if width * height > max_pixels:
@@ -106,6 +108,9 @@ def decode_image(data: bytes, *, max_pixels: int, in_channels: int | None) -> De
             raise ImageRejected(413, f"image too large: {e}") from e
         except (OSError, ValueError, SyntaxError, EOFError) as e:
             raise ImageRejected(400, f"corrupt or truncated {fmt} image ({e})") from e
+        # Browsers show JPEGs and TIFFs turned by their EXIF orientation; turn the pixels the
+        # same way so the mask lines up with what the user sees.
+        ImageOps.exif_transpose(img, in_place=True)
         array = _to_channels(img, in_channels)
     return DecodedImage(array=array, format=fmt)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from .images import ImageRejected
 
@@ -150,14 +150,18 @@ async def read_upload(request: Request, *, max_bytes: int) -> Upload:
 
     received = 0
     raw = bytearray()
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > limit:
-            raise ImageRejected(413, f"upload too large: more than {max_bytes} bytes")
-        if collector is None:
-            raw += chunk
-        else:
-            collector.feed(chunk)
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise ImageRejected(413, f"upload too large: more than {max_bytes} bytes")
+            if collector is None:
+                raw += chunk
+            else:
+                collector.feed(chunk)
+    except ClientDisconnect:
+        # Nobody is left to answer; a plain 400 keeps this out of the server-error log.
+        raise ImageRejected(400, "the client disconnected during the upload") from None
     if collector is None:
         return Upload(data=bytes(raw), filename=None, content_type=media_type)
     return collector.finish()
