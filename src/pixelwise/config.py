@@ -113,7 +113,7 @@ class OptimConfig(_Section):
 
 
 class LossConfig(_Section):
-    """A loss from :func:`pixelwise.losses.build_loss`; ``ignore_index`` defaults to the dataset's."""
+    """A loss from :func:`pixelwise.losses.build_loss` (``ignore_index``: the dataset's)."""
 
     name: str = "ce"
     kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -131,11 +131,16 @@ class TrainConfig(_Section):
     amp: bool = True  # mixed precision, on CUDA only
     amp_dtype: Literal["float16", "bfloat16"] = "float16"
     channels_last: bool = False
+    # Under torchrun: BatchNorm statistics over the global batch (worth it for small per-GPU
+    # batches; costs a collective per BatchNorm layer).
+    sync_batchnorm: bool = False
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
     val_every: int = Field(1, ge=1)  # epochs
     best_metric: str = "mean_iou"
     best_mode: Literal["max", "min"] = "max"
     early_stopping_patience: int | None = Field(None, ge=1)  # validations without improvement
+    # Stop after the epoch during which this much wall time (of this process) has passed.
+    max_minutes: float | None = Field(None, gt=0)
     checkpoint_every_steps: int | None = Field(None, ge=1)
     progress: bool = True
     tensorboard: bool = True  # when the tensorboard package is importable

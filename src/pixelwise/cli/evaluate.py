@@ -1,0 +1,61 @@
+"""``pixelwise evaluate --checkpoint CKPT --data SPEC [--split NAME] --output DIR``."""
+from __future__ import annotations
+
+import click
+
+
+@click.command(name="evaluate")
+@click.option("--checkpoint", "-c", required=True, type=click.Path(dir_okay=False),
+              help="Checkpoint (.pt) to evaluate.")
+@click.option("--data", "-d", "spec", default=None,
+              help="Dataset spec: a YAML file or a preset name (with --root). Default: the "
+                   "dataset named in the checkpoint's training config.")
+@click.option("--root", type=click.Path(file_okay=False), default=None,
+              help="Data folder, overriding the spec's root (needed for presets).")
+@click.option("--split", default="val", show_default=True, help="Split to score.")
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False),
+              help="Folder for metrics.json, report.html and the figures.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@click.option("--tile-size", type=click.IntRange(min=1), default=None,
+              help="Predict in tiles of this size (large images); default whole images.")
+@click.option("--overlap", type=click.FloatRange(0, 1, max_open=True), default=0.25,
+              show_default=True, help="Tile overlap fraction.")
+@click.option("--tolerance", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Boundary F1 matching tolerance in pixels.")
+@click.option("--examples", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Overlays of the first N images and of the N worst (lowest IoU).")
+def command(checkpoint: str, spec: str | None, root: str | None, split: str, output: str,
+            device: str,
+            tile_size: int | None, overlap: float, tolerance: int, examples: int) -> None:
+    """Score a checkpoint on a dataset split: pixel accuracy, mean accuracy, mean IoU,
+    frequency-weighted IoU, Dice, boundary F1 and per-class tables in DIR/metrics.json, and a
+    self-contained DIR/report.html (confusion matrix, per-class IoU, overlays including the
+    worst images, training curves when the run folder has them).
+
+    \b
+    Examples:
+      pixelwise evaluate --checkpoint runs/fcn8s_camvid/checkpoints/best.pt \\
+          --data camvid.yaml --split val --output eval/camvid
+      pixelwise evaluate -c best.pt -d drive --root ../shared/data/drive -o eval
+      pixelwise evaluate -c runs/unet_drive/checkpoints/best.pt -o eval   # its own data
+    """
+    from ..checkpoint import read_checkpoint
+    from ..data import load_spec
+    from ..engine.evaluate import evaluate
+
+    if spec is None:
+        spec = ((read_checkpoint(checkpoint).get("config") or {}).get("data") or {}).get("spec")
+        if spec is None:
+            raise click.UsageError("--data is needed: the checkpoint does not name its dataset")
+    if root is not None:
+        spec = load_spec(spec, root=root)
+    result = evaluate(checkpoint, spec, split, output, device=device, tile_size=tile_size,
+                      overlap=overlap, boundary_tolerance=tolerance, num_examples=examples,
+                      num_worst=examples, progress=True)
+    for key in ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou", "dice", "boundary_f1",
+                "hausdorff95"):
+        if key not in result:
+            continue
+        value = result[key]
+        click.echo(f"{key:>15}: {'n/a' if value is None else f'{value:.4f}'}")
+    click.echo(f"report: {output}/report.html")

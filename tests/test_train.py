@@ -1,0 +1,279 @@
+"""Trainer: schedules, data order, valid-padding forward, resume after SIGKILL, NaN stop,
+best checkpoint and early stopping."""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from pixelwise.checkpoint import load_checkpoint, read_checkpoint
+from pixelwise.config import load_config
+from pixelwise.errors import PixelwiseError
+from pixelwise.engine import train as T
+
+
+@pytest.fixture(scope="module")
+def spec_path(tmp_path_factory) -> Path:
+    from pixelwise.data.synthetic import write_synthetic_dataset
+
+    return write_synthetic_dataset(tmp_path_factory.mktemp("shapes"), n_train=12, n_val=2,
+                                   size=32, seed=1)
+
+
+def tiny_config(spec: Path, out: Path, **sections) -> dict:
+    raw = {
+        "model": {"name": "unet", "kwargs": {"base_channels": 4, "depth": 2}},
+        "data": {"spec": str(spec), "batch_size": 2, "workers": 0, "crop_size": 24},
+        "augment": {"hflip": 0.5, "vflip": 0.5},
+        "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "warmup_steps": 2,
+                  "schedule": "poly"},
+        "train": {"epochs": 2, "seed": 3, "deterministic": True, "progress": False},
+        "output": {"dir": str(out), "name": "run"},
+    }
+    for key, value in sections.items():
+        raw[key].update(value)
+    return raw
+
+
+# --- pure pieces ---------------------------------------------------------------------------
+
+def test_lr_factor_warmup_poly_cosine():
+    # warm-up: linear from 0.1 to 1 over 4 steps
+    assert T.lr_factor(0, 100, 4, "poly", warmup_factor=0.1) == pytest.approx(0.1)
+    assert T.lr_factor(2, 100, 4, "poly", warmup_factor=0.1) == pytest.approx(0.55)
+    # poly after warm-up: t = (54 - 4) / (104 - 4) = 0.5
+    assert T.lr_factor(54, 104, 4, "poly", power=0.9) == pytest.approx(0.5 ** 0.9)
+    assert T.lr_factor(104, 104, 4, "poly") == 0.0
+    # cosine with a floor of 0.1: at t = 0.5 -> 0.1 + 0.9 * 0.5
+    assert T.lr_factor(50, 100, 0, "cosine", min_lr_ratio=0.1) == pytest.approx(0.55)
+    assert T.lr_factor(100, 100, 0, "cosine", min_lr_ratio=0.1) == pytest.approx(0.1)
+    assert T.lr_factor(70, 100, 0, "none") == 1.0
+
+
+def test_two_ranks_draw_the_global_batch_of_one_process():
+    data = list(range(10))
+    one = T.EpochBatchSampler(data, batch_size=4, num_batches=2, seed=5)
+    r0 = T.EpochBatchSampler(data, batch_size=2, num_batches=2, seed=5, rank=0, world_size=2)
+    r1 = T.EpochBatchSampler(data, batch_size=2, num_batches=2, seed=5, rank=1, world_size=2)
+    for s in (one, r0, r1):
+        s.set_epoch(3)
+    for b_one, b0, b1 in zip(one, r0, r1):
+        assert sorted(b_one) == sorted(b0 + b1)
+        assert all(e == 3 for e, _ in b_one)
+    # another epoch, another order; the same epoch, the same order
+    one.set_epoch(4)
+    e4 = [i for b in one for _, i in b]
+    one.set_epoch(3)
+    assert e4 != [i for b in one for _, i in b]
+    # skipping resumes inside the epoch
+    one.set_epoch(3, skip=1)
+    assert len(one) == 1 and len(list(one)) == 1
+
+
+def test_batches_per_epoch_counts_whole_optimizer_steps():
+    assert T.batches_per_epoch(12, 2, 1, 1, None) == 6
+    assert T.batches_per_epoch(12, 2, 1, 4, None) == 4     # 6 batches -> 1 step of 4
+    assert T.batches_per_epoch(12, 2, 2, 1, None) == 3     # 6 per rank
+    assert T.batches_per_epoch(12, 2, 1, 1, 2) == 2
+
+
+class _Crop(torch.nn.Module):
+    """A 'valid' model that returns its input without a margin of ``m`` pixels."""
+
+    def __init__(self, m: int):
+        super().__init__()
+        self.m = m
+
+    def output_shape(self, h: int, w: int) -> tuple[int, int]:
+        return h - 2 * self.m, w - 2 * self.m
+
+    def forward(self, x):
+        return x[..., self.m:-self.m, self.m:-self.m]
+
+
+def test_forward_full_aligns_valid_models_with_the_mask():
+    x = torch.arange(2 * 1 * 9 * 7, dtype=torch.float32).reshape(2, 1, 9, 7)
+    assert torch.equal(T.forward_full(_Crop(3), x), x)       # mirrored border cropped away
+    assert torch.equal(T.forward_full(_Crop(12), x), x)      # margin beyond the image size
+
+
+def test_forward_full_gives_mask_sized_logits_for_valid_unet():
+    from pixelwise.models import build_model
+
+    net = build_model("unet", in_channels=1, num_classes=2, base_channels=2, depth=2,
+                      padding="valid", batch_norm=False)
+    assert T.forward_full(net, torch.randn(1, 1, 40, 36)).shape == (1, 2, 40, 36)
+    assert T.forward_full(net, torch.randn(1, 1, 64, 64)).shape == (1, 2, 64, 64)
+
+
+def test_predict_labels_binary_and_multiclass():
+    two = torch.tensor([[[[0.1, 2.0]], [[0.3, -1.0]]]])   # (1, 2, 1, 2)
+    assert T.predict_labels(two).tolist() == [[[1, 0]]]
+    one = torch.tensor([[[[-0.5, 0.5]]]])
+    assert T.predict_labels(one).tolist() == [[[0, 1]]]
+
+
+def test_rng_state_round_trips_through_weights_only_load(tmp_path):
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
+    state = T.rng_state()
+    torch.save(state, tmp_path / "rng.pt")
+    expect = (torch.rand(3), np.random.rand(3), random.random())
+    T.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expect[0], again[0])
+    assert (expect[1] == again[1]).all() and expect[2] == again[2]
+
+
+# --- runs ----------------------------------------------------------------------------------
+
+def test_train_writes_run_folder(spec_path, tmp_path):
+    cfg = load_config(raw=tiny_config(spec_path, tmp_path))
+    run = T.train(cfg)
+    for name in ("config.yaml", "metrics.csv", "curves.png", "checkpoints/last.pt",
+                 "checkpoints/best.pt"):
+        assert (run / name).is_file(), name
+    ckpt = read_checkpoint(run / "checkpoints" / "last.pt")  # weights_only=True inside
+    assert ckpt["training"]["progress"]["epoch"] == 2
+    assert ckpt["training"]["progress"]["step"] == 12      # 12 images / batch 2 x 2 epochs
+    assert ckpt["config"]["optim"]["lr"] == 0.05
+    assert ckpt["model"]["kwargs"]["num_classes"] == 4     # filled from the dataset
+    # the schedule ended at poly(t=1) = 0
+    assert ckpt["training"]["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0)
+    lines = (run / "metrics.csv").read_text().splitlines()
+    assert lines[0].startswith("epoch,step,lr,train_loss,val_loss,pixel_accuracy")
+    assert len(lines) == 3
+    loaded = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert loaded.class_names == ["background", "disc", "box", "triangle"]
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 2
+    # a second fresh run into the same folder is refused, not silently mixed
+    with pytest.raises(PixelwiseError, match="--resume"):
+        T.train(cfg)
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(spec_path, tmp_path,
+                                                                        monkeypatch):
+    from pixelwise import losses
+
+    real = losses.build_loss
+
+    class NanAfter(torch.nn.Module):
+        def __init__(self, inner, calls):
+            super().__init__()
+            self.inner, self.calls = inner, calls
+
+        def forward(self, logits, target):
+            self.calls -= 1
+            loss = self.inner(logits, target)
+            return loss * float("nan") if self.calls < 0 else loss
+
+    # 6 training batches + 1 validation batch per epoch: call 8 is epoch 2's first batch
+    monkeypatch.setattr(losses, "build_loss", lambda name, **kw: NanAfter(real(name, **kw), 7))
+    cfg = load_config(raw=tiny_config(spec_path, tmp_path, train={"epochs": 3}))
+    with pytest.raises(PixelwiseError, match=r"loss is nan at step 7 \(epoch 2, batch 1\)"):
+        T.train(cfg)
+    last = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert last["training"]["progress"]["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values()
+               if v.is_floating_point())
+
+
+def test_best_checkpoint_and_early_stopping(spec_path, tmp_path, monkeypatch):
+    scores = iter([0.5, 0.7, 0.6, 0.65, 0.9, 0.95])
+
+    def fake_validate(t):
+        return {"val_loss": 1.0, "mean_iou": next(scores)}
+
+    monkeypatch.setattr(T, "validate", fake_validate)
+    cfg = load_config(raw=tiny_config(spec_path, tmp_path, train={
+        "epochs": 6, "early_stopping_patience": 2, "best_metric": "mean_iou",
+        "steps_per_epoch": 1}))
+    run = T.train(cfg)
+    rows = (run / "metrics.csv").read_text().splitlines()[1:]
+    assert len(rows) == 4                       # stopped after epochs 3 and 4 did not beat 0.7
+    best = read_checkpoint(run / "checkpoints" / "best.pt")["training"]["progress"]
+    assert best["epoch"] == 2 and best["best_value"] == 0.7 and best["best_epoch"] == 2
+
+
+# --- resume after SIGKILL ------------------------------------------------------------------
+
+def _cli(config: Path, *args: str) -> list[str]:
+    return [sys.executable, "-c", "from pixelwise.cli import main; main()", "train",
+            str(config), "--quiet", *args]
+
+
+def _env() -> dict:
+    # One thread: the same kernels, the same summation order, in every run.
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def test_resume_after_sigkill_is_bitwise_identical(spec_path, tmp_path):
+    def write(name: str) -> Path:
+        raw = tiny_config(spec_path, tmp_path, train={"epochs": 4, "checkpoint_every_steps": 1},
+                          optim={"grad_accum": 2, "clip_grad_norm": 1.0},
+                          output={"name": name})
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        return path
+
+    ref_cfg, cut_cfg = write("ref"), write("cut")
+    ref = subprocess.run(_cli(ref_cfg), env=_env(), capture_output=True, text=True, timeout=120)
+    assert ref.returncode == 0, ref.stderr
+
+    last = tmp_path / "cut" / "checkpoints" / "last.pt"
+    proc = subprocess.Popen(_cli(cut_cfg), env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    killed_at = read_checkpoint(last)["training"]["progress"]
+    assert killed_at["epoch"] < 4
+
+    res = subprocess.run(_cli(cut_cfg, "--resume"), env=_env(), capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+
+    a = read_checkpoint(tmp_path / "ref" / "checkpoints" / "last.pt")
+    b = read_checkpoint(last)
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    assert (a["training"]["optimizer"]["state"][0]["momentum_buffer"]
+            .equal(b["training"]["optimizer"]["state"][0]["momentum_buffer"]))
+    losses_a = [h["train_loss"] for h in a["training"]["progress"]["history"]]
+    losses_b = [h["train_loss"] for h in b["training"]["progress"]["history"]]
+    assert losses_a == losses_b and len(losses_a) == 4
+
+
+def test_model_kwargs_are_filled_from_the_dataset_where_the_builder_takes_them():
+    from types import SimpleNamespace
+
+    from pixelwise.errors import ConfigError
+
+    rgb11 = SimpleNamespace(in_channels=3, num_classes=11)
+    fcn = load_config(raw={"model": {"name": "fcn8s"}, "data": {"spec": "x"}})
+    assert T.resolve_model_kwargs(fcn, rgb11) == {"num_classes": 11}   # fcn8s has no in_channels
+    with pytest.raises(ConfigError, match="3-channel"):
+        T.resolve_model_kwargs(fcn, SimpleNamespace(in_channels=1, num_classes=2))
+    unet = load_config(raw={"model": {"name": "unet", "kwargs": {"num_classes": 1}},
+                            "data": {"spec": "x"}})
+    assert T.resolve_model_kwargs(unet, SimpleNamespace(in_channels=1, num_classes=2)) == \
+        {"num_classes": 1, "in_channels": 1}                           # binary on two classes
+    with pytest.raises(ConfigError, match="model.kwargs.num_classes"):
+        T.resolve_model_kwargs(unet, rgb11)
