@@ -59,17 +59,10 @@ def run_demo(output: str | Path, epochs: int = 15, n_train: int = 160, n_val: in
         "mean_accuracy": metrics["mean_accuracy"],
         "mean_iou": metrics["mean_iou"],
         "fw_iou": metrics["fw_iou"],
-        "per_class_iou": per_class(metrics, "per_class_iou"),
+        "per_class_iou": {row["class"]: row["iou"] for row in metrics["per_class"]},
         "split": "val",
         "num_images": n_val,
     }
     atomic_write_json(output / "metrics.json", summary)
     return summary
 
-
-def per_class(metrics: dict[str, Any], key: str) -> dict[str, float | None]:
-    """``{class name: value}`` from an evaluation's per-class table, whatever its form."""
-    table = metrics[key]
-    if isinstance(table, dict):
-        return table
-    return dict(zip(metrics["class_names"], table))
