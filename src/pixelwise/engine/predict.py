@@ -1,0 +1,428 @@
+"""Predict masks for images: a :class:`Predictor` (torch or ONNX Runtime, tiling, test-time
+augmentation) and :func:`predict_paths`, which writes masks, overlays and a summary for files,
+folders and globs.
+
+Test-time augmentation averages class probabilities (softmax, or sigmoid for a binary model)
+over flips and scales; averaging logits would let one confident view dominate.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..checkpoint import Checkpoint, load_checkpoint
+from ..errors import DataError
+from ..io import atomic_write, atomic_write_json
+from ..preprocess import to_tensor
+from ..visualize import default_palette, overlay
+from .tiling import input_size_for, shrinks, sliding_window
+
+BACKENDS = ("torch", "onnxruntime")
+FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,))  # none, horizontal, vertical
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".npy")
+
+
+@dataclass
+class Prediction:
+    """One image's result.
+
+    Attributes:
+        mask: ``(H, W)`` class indices, uint8 (int64 for more than 256 classes).
+        probs: ``(K, H, W)`` float32 probabilities; ``K = 1`` (foreground) for a binary model.
+    """
+
+    mask: np.ndarray
+    probs: np.ndarray
+
+
+class Predictor:
+    """Turn images into class masks with a trained model.
+
+    Args:
+        checkpoint: checkpoint path, a loaded :class:`~pixelwise.checkpoint.Checkpoint`, or an
+            ``.onnx`` file from :func:`pixelwise.export.export_onnx` (then ONNX Runtime is used).
+        backend: ``"torch"`` or ``"onnxruntime"`` (a checkpoint is exported in memory).
+        tile_size: predict in tiles of this input size (``None``: the whole image at once;
+            valid-convolution models then use one mirrored tile covering the image).
+        overlap: tile overlap fraction.
+        tta: average over horizontal and vertical flips.
+        threshold: foreground probability threshold of a binary (one-logit) model.
+        device: torch device for the torch backend.
+        scales: test-time scales (e.g. ``(0.75, 1.0, 1.25)``), averaged with the flips.
+        batch_size: tiles per forward pass.
+        optimize: fold BatchNorm and use channels_last (torch backend; same results up to
+            float rounding).
+        compile: also ``torch.compile`` the model (inductor, freezing); the first call per
+            input shape compiles, so it pays off for many same-sized tiles or images.
+        threads: ONNX Runtime intra-op threads (default: one per core).
+        progress: called as ``progress(done, total)`` with the tiles of each pass.
+    """
+
+    def __init__(self, checkpoint: str | os.PathLike | Checkpoint, backend: str = "torch",
+                 tile_size: int | None = None, overlap: float = 0.25, tta: bool = False,
+                 threshold: float = 0.5, device: str | torch.device = "cpu",
+                 scales: Sequence[float] = (1.0,), batch_size: int = 1, optimize: bool = False,
+                 compile: bool = False, threads: int | None = None,
+                 progress: Callable[[int, int], None] | None = None):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        if not scales or any(s <= 0 for s in scales):
+            raise ValueError(f"scales must be positive, got {tuple(scales)}")
+        if tile_size is not None and tile_size < 1:
+            raise ValueError(f"tile_size must be positive, got {tile_size}")
+        self.tile_size, self.overlap, self.threshold = tile_size, overlap, threshold
+        self.flips = FLIPS if tta else ((),)
+        self.scales = tuple(float(s) for s in scales)
+        self.batch_size, self.progress = batch_size, progress
+        self.device = torch.device(device)
+        self._session = None
+        if not isinstance(checkpoint, Checkpoint) and Path(checkpoint).suffix == ".onnx":
+            self._init_onnx_file(Path(checkpoint), threads)
+        else:
+            ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+            self._init_checkpoint(ckpt, backend, optimize, compile, threads)
+        self.shrinks = shrinks(self.shape_model)
+
+    # -- construction ------------------------------------------------------------------
+
+    def _init_checkpoint(self, ckpt: Checkpoint, backend: str, optimize: bool, compile: bool,
+                         threads: int | None) -> None:
+        from ..export.metadata import checkpoint_metadata
+
+        self.meta = checkpoint_metadata(ckpt)
+        self.shape_model = ckpt.model  # answers output_shape() for tiling
+        if backend == "onnxruntime":
+            from ..export.onnx import make_ort_session, onnx_bytes
+
+            self._session = make_ort_session(onnx_bytes(ckpt, check=False), threads=threads)
+            self.model = None
+        else:
+            model = ckpt.model.eval()
+            if optimize or compile:
+                from .optimize import optimize_for_inference
+
+                model = optimize_for_inference(model, fold_bn=True, channels_last=True,
+                                               compile=compile)
+            self.model = model.to(self.device)
+
+    def _init_onnx_file(self, path: Path, threads: int | None) -> None:
+        from ..export.onnx import make_ort_session, read_onnx_metadata
+        from ..models import build_model
+
+        self._session = make_ort_session(path, threads=threads)
+        self.meta = read_onnx_metadata(self._session)
+        self.model = None
+        # Only the architecture's output_shape() is needed for tiling: build it without weights.
+        with torch.device("meta"):
+            self.shape_model = build_model(self.meta["model_name"],
+                                           **self.meta.get("model_kwargs", {}))
+
+    # -- metadata -----------------------------------------------------------------------
+
+    @property
+    def binary(self) -> bool:
+        """Whether the model has one logit (sigmoid + threshold) rather than a softmax."""
+        return int(self.meta.get("num_outputs", len(self.meta["class_names"]))) == 1
+
+    @property
+    def class_names(self) -> list[str]:
+        """Name of each mask value (a binary model's 0 is ``"background"`` unless named)."""
+        names = list(self.meta["class_names"])
+        if self.binary and len(names) == 1:
+            names = ["background"] + names
+        return names
+
+    @property
+    def num_classes(self) -> int:
+        """Number of mask values."""
+        return len(self.class_names)
+
+    @property
+    def palette(self) -> list[tuple[int, int, int]]:
+        """Colour of each mask value (the checkpoint's, else the PASCAL VOC colour map)."""
+        palette = self.meta.get("palette")
+        if palette is None or len(palette) < self.num_classes:
+            return default_palette(self.num_classes)
+        return [tuple(int(v) for v in c) for c in palette[: self.num_classes]]
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return tuple(self.meta["mean"])
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return tuple(self.meta["std"])
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.meta["mean"])
+
+    # -- inference ----------------------------------------------------------------------
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw model output for a normalised batch ``(N, C, h, w)`` (on the CPU)."""
+        if self._session is not None:
+            name = self._session.get_inputs()[0].name
+            out = self._session.run(None, {name: x.detach().cpu().numpy()})[0]
+            return torch.from_numpy(out)
+        with torch.inference_mode():
+            return self.model(x.to(self.device)).float().cpu()
+
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities of a normalised batch (softmax, or sigmoid if binary)."""
+        logits = self.logits(x)
+        return torch.sigmoid(logits) if self.binary else torch.softmax(logits, dim=1)
+
+    def _infer(self, x: torch.Tensor) -> torch.Tensor:
+        """Probabilities ``(N, K, H, W)`` at the input's size, tiled as configured."""
+        height, width = x.shape[-2:]
+        model = self.shape_model
+        if self.shrinks:
+            size = input_size_for(model, max(height, width)) if self.tile_size is None \
+                else self._valid_tile(self.tile_size)
+            out = model.output_shape(size, size)[0]
+            depth = getattr(model, "depth", 0)
+            return sliding_window(self.probabilities, x, size, self.overlap, output_size=out,
+                                  stride_multiple=2 ** depth, batch_size=self.batch_size,
+                                  progress=self.progress)
+        if self.tile_size is None:
+            return self.probabilities(x)
+        return sliding_window(self.probabilities, x, self.tile_size, self.overlap,
+                              batch_size=self.batch_size, progress=self.progress)
+
+    def _valid_tile(self, tile_size: int) -> int:
+        """The largest exact input size of a valid-convolution model that fits ``tile_size``."""
+        model = self.shape_model
+        try:
+            out = model.output_shape(tile_size, tile_size)[0]
+        except ValueError as e:
+            raise ValueError(f"tile size {tile_size} is too small for {self.meta['model_name']}: "
+                             f"{e}") from e
+        size = input_size_for(model, out)
+        while size > tile_size:  # an inexact size may give the same output from a larger input
+            out -= 1
+            size = input_size_for(model, out)
+        return size
+
+    def predict_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """Probabilities ``(N, K, H, W)`` of a normalised batch, averaged over TTA views."""
+        height, width = x.shape[-2:]
+        total = None
+        for scale in self.scales:
+            xs = x
+            if scale != 1.0:
+                size = (max(1, round(height * scale)), max(1, round(width * scale)))
+                xs = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            for dims in self.flips:
+                p = self._infer(xs.flip(dims) if dims else xs)
+                p = p.flip(dims) if dims else p
+                if p.shape[-2:] != (height, width):
+                    p = F.interpolate(p, size=(height, width), mode="bilinear",
+                                      align_corners=False)
+                total = p if total is None else total + p
+        return total / (len(self.scales) * len(self.flips))
+
+    def to_prediction(self, probs: torch.Tensor) -> Prediction:
+        """``(K, H, W)`` probabilities -> :class:`Prediction` (argmax, or the threshold)."""
+        if self.binary:
+            mask = (probs[0] >= self.threshold).to(torch.uint8)
+        else:
+            mask = probs.argmax(0)
+            mask = mask.to(torch.uint8) if self.num_classes <= 256 else mask
+        return Prediction(mask=mask.numpy(), probs=probs.float().numpy())
+
+    def prepare(self, image: np.ndarray) -> torch.Tensor:
+        """``(H, W[, C])`` image -> normalised ``(C, H, W)`` tensor (grey <-> RGB adapted)."""
+        image = np.asarray(image)
+        if image.ndim == 2:
+            image = image[..., None]
+        if image.ndim == 3 and image.shape[-1] != self.in_channels and image.shape[-1] in (1, 3) \
+                and self.in_channels in (1, 3):
+            from ..data.readers import adapt_channels
+
+            image = adapt_channels(image, self.in_channels, "image")
+        return to_tensor(image, self.mean, self.std)
+
+    def predict(self, image: np.ndarray) -> Prediction:
+        """Predict one ``(H, W[, C])`` image (any dtype; scaled as in training).
+
+        Returns:
+            :class:`Prediction` with ``mask (H, W)`` and ``probs (K, H, W)``.
+        """
+        probs = self.predict_tensor(self.prepare(image)[None])[0]
+        return self.to_prediction(probs)
+
+    def predict_batch(self, images: Sequence[np.ndarray]) -> list[Prediction]:
+        """Predict several images; images of one size go through the model together."""
+        results: list[Prediction | None] = [None] * len(images)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, image in enumerate(images):
+            by_size.setdefault(tuple(np.asarray(image).shape[:2]), []).append(i)
+        for indices in by_size.values():
+            batch = torch.stack([self.prepare(images[i]) for i in indices])
+            probs = self.predict_tensor(batch)
+            for k, i in enumerate(indices):
+                results[i] = self.to_prediction(probs[k])
+        return results  # type: ignore[return-value]
+
+
+# -- files ---------------------------------------------------------------------------------
+
+def collect_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
+    """Expand files, folders (their images, sorted) and glob patterns into image paths.
+
+    Raises:
+        DataError: an input that is no file, no folder and matches nothing.
+    """
+    paths: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            paths.extend(sorted(p for p in path.iterdir()
+                                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+        elif path.is_file():
+            paths.append(path)
+        else:
+            matches = sorted(Path(p) for p in glob.glob(str(item), recursive=True))
+            matches = [p for p in matches if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+            if not matches:
+                raise DataError(f"{item}: no such file or folder, and no images match it")
+            paths.extend(matches)
+    seen, unique = set(), []
+    for p in paths:
+        if p.resolve() not in seen:
+            seen.add(p.resolve())
+            unique.append(p)
+    return unique
+
+
+def _read_image(path: Path) -> np.ndarray:
+    from ..data import read_image
+
+    return read_image(path)
+
+
+def save_mask_png(path: str | os.PathLike, mask: np.ndarray, palette: list[tuple[int, int, int]],
+                  class_names: list[str]) -> Path:
+    """Write a class-index mask as a palette PNG ("P" mode) with class names in a text chunk.
+
+    More than 256 classes do not fit a palette; such masks are written as 16-bit greyscale.
+    """
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("pixelwise:class_names", json.dumps(class_names))
+    if mask.max(initial=0) > 255:
+        im = Image.fromarray(mask.astype(np.uint16))
+    else:
+        im = Image.fromarray(mask.astype(np.uint8), mode="L").convert("P")
+        flat = [v for colour in palette[:256] for v in colour]
+        im.putpalette(flat + [0] * (768 - len(flat)))
+    return atomic_write(path, lambda f: im.save(f, format="PNG", pnginfo=info))
+
+
+def _save_probs(path: Path, probs: np.ndarray, fmt: str) -> Path:
+    if fmt == "npy":
+        return atomic_write(path, lambda f: np.save(f, probs.astype(np.float32)))
+    import io
+
+    import tifffile
+
+    scaled = np.clip(np.rint(probs * 65535.0), 0, 65535).astype(np.uint16)
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, scaled, photometric="minisblack", compression="zlib")
+    return atomic_write(path, lambda f: f.write(buffer.getvalue()))
+
+
+def class_areas(mask: np.ndarray, class_names: list[str]) -> dict[str, dict[str, float]]:
+    """Pixels and fraction of the image per class name."""
+    counts = np.bincount(mask.ravel().astype(np.int64), minlength=len(class_names))
+    total = max(int(mask.size), 1)
+    return {name: {"pixels": int(counts[i]), "fraction": float(counts[i]) / total}
+            for i, name in enumerate(class_names)}
+
+
+def predict_paths(predictor: Predictor, inputs: Iterable[str | os.PathLike],
+                  output_dir: str | os.PathLike, save_probs: bool = False,
+                  probs_format: str = "npy", overlay_alpha: float = 0.5,
+                  progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Predict every image among ``inputs`` and write the results to ``output_dir``.
+
+    Per image ``<stem>``: ``<stem>_mask.png`` (palette PNG of class indices),
+    ``<stem>_overlay.png`` (colours over the image) and, with ``save_probs``,
+    ``<stem>_probs.npy`` (float32 ``(K, H, W)``) or ``<stem>_probs.tif`` (uint16, probability
+    x 65535). ``summary.json`` lists every image with its class areas, and the totals.
+
+    Args:
+        predictor: a :class:`Predictor`.
+        inputs: files, folders and glob patterns.
+        output_dir: created if missing.
+        save_probs: also write probabilities.
+        probs_format: ``"npy"`` or ``"tiff16"``.
+        overlay_alpha: opacity of the mask colours in the overlay.
+        progress: called as ``progress(done_images, total_images)``.
+
+    Returns:
+        The summary dict (also written as ``summary.json``).
+    """
+    if probs_format not in ("npy", "tiff16"):
+        raise ValueError(f"probs_format must be 'npy' or 'tiff16', got {probs_format!r}")
+    paths = collect_inputs(inputs)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names, palette = predictor.class_names, predictor.palette
+    totals = np.zeros(len(names), dtype=np.int64)
+    stems: set[str] = set()
+    images = []
+    for done, path in enumerate(paths, start=1):
+        image = _read_image(path)
+        try:
+            pred = predictor.predict(image)
+        except ValueError as e:  # e.g. a channel count the model does not take
+            raise DataError(f"{path}: {e}") from e
+        stem = path.stem
+        k = 2
+        while stem in stems:  # same file name in two folders
+            stem, k = f"{path.stem}_{k}", k + 1
+        stems.add(stem)
+        entry = {"input": str(path), "height": int(pred.mask.shape[0]),
+                 "width": int(pred.mask.shape[1]),
+                 "mask": save_mask_png(out / f"{stem}_mask.png", pred.mask, palette, names).name}
+        rgb = overlay(image, pred.mask, palette, overlay_alpha)
+        entry["overlay"] = _save_png(out / f"{stem}_overlay.png", rgb).name
+        if save_probs:
+            suffix = "npy" if probs_format == "npy" else "tif"
+            entry["probs"] = _save_probs(out / f"{stem}_probs.{suffix}", pred.probs,
+                                         probs_format).name
+        entry["classes"] = class_areas(pred.mask, names)
+        totals += np.bincount(pred.mask.ravel().astype(np.int64), minlength=len(names))[:len(names)]
+        images.append(entry)
+        if progress is not None:
+            progress(done, len(paths))
+    pixels = max(int(totals.sum()), 1)
+    summary = {
+        "class_names": names,
+        "palette": [list(c) for c in palette],
+        "threshold": predictor.threshold if predictor.binary else None,
+        "images": images,
+        "total": {name: {"pixels": int(totals[i]), "fraction": float(totals[i]) / pixels}
+                  for i, name in enumerate(names)},
+    }
+    atomic_write_json(out / "summary.json", summary)
+    return summary
+
+
+def _save_png(path: Path, rgb: np.ndarray) -> Path:
+    from PIL import Image
+
+    return atomic_write(path, lambda f: Image.fromarray(rgb).save(f, format="PNG"))

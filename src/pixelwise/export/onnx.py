@@ -1,0 +1,148 @@
+"""ONNX export with dynamic batch, height and width, and ONNX Runtime sessions.
+
+The graph comes from the torch.export-based exporter (``torch.onnx.export(dynamo=True)``,
+which needs ``onnxscript``); the checkpoint's metadata (class names, normalisation, model name
+and arguments, palette) goes into the model's ``metadata_props``.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checkpoint import Checkpoint, load_checkpoint
+from ..engine.optimize import count_batchnorms, fold_batchnorm
+from ..engine.tiling import input_size_for, shrinks
+from ..errors import CheckpointError, PixelwiseError
+from ..io import atomic_write_bytes
+from .metadata import checkpoint_metadata, from_string_map, to_string_map
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "logits"
+DEFAULT_OPSET = 18
+
+
+def _as_checkpoint(checkpoint: str | os.PathLike | Checkpoint) -> Checkpoint:
+    return checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+
+
+def example_input(ckpt: Checkpoint, size: int | None = None, batch: int = 1) -> torch.Tensor:
+    """A random input the model accepts: ``size`` pixels, or the smallest valid size >= 64."""
+    size = size if size is not None else input_size_for(ckpt.model, 64)
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(batch, ckpt.in_channels, size, size, generator=generator)
+
+
+def onnx_bytes(ckpt: Checkpoint, opset: int = DEFAULT_OPSET, example_size: int | None = None,
+               fold_bn: bool = True, check: bool = False) -> bytes:
+    """Export ``ckpt.model`` to a serialized ONNX model with metadata (see :func:`export_onnx`)."""
+    import onnx
+
+    model = fold_batchnorm(ckpt.model) if fold_bn and count_batchnorms(ckpt.model) else ckpt.model
+    model.eval()
+    x = example_input(ckpt, example_size)
+    dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height"),
+            3: torch.export.Dim("width")}
+    # The exporter reports progress with print(); keep library output quiet.
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch-internal deprecations
+            program = torch.onnx.export(model, (x,), dynamo=True, opset_version=opset,
+                                        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                        dynamic_shapes={"x": dims}, verbose=False)
+    except Exception as e:  # the exporter raises many types; name the model in one error
+        raise PixelwiseError(f"ONNX export of {ckpt.model_name!r} failed: "
+                             f"{type(e).__name__}: {e}") from e
+    finally:
+        quiet.setLevel(level)
+    proto = program.model_proto
+    # The exporter names output sizes by formulas of the input's ("Min(height + 31, ...)");
+    # plain names read better in tools, and the sizes are checked at run time anyway.
+    out_dims = proto.graph.output[0].type.tensor_type.shape.dim
+    same = not shrinks(ckpt.model)
+    for i, name in ((0, "batch"), (2, "height" if same else "out_height"),
+                    (3, "width" if same else "out_width")):
+        if out_dims[i].dim_param:
+            out_dims[i].dim_param = name
+    for key, value in to_string_map(checkpoint_metadata(ckpt)).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name = "pixelwise"
+    if check:
+        onnx.checker.check_model(proto)
+    return proto.SerializeToString()
+
+
+def export_onnx(checkpoint: str | os.PathLike | Checkpoint, path: str | os.PathLike,
+                opset: int = DEFAULT_OPSET, example_size: int | None = None,
+                fold_bn: bool = True, check: bool = False) -> Path:
+    """Export a checkpoint to ONNX with dynamic batch, height and width.
+
+    Args:
+        checkpoint: checkpoint path or loaded :class:`~pixelwise.checkpoint.Checkpoint`.
+        path: output ``.onnx`` file (written atomically).
+        opset: ONNX opset version.
+        example_size: side of the square example input used for tracing (default: the
+            smallest size >= 64 the model accepts); other sizes work at run time.
+        fold_bn: fold BatchNorm into convolutions before export (same outputs, fewer nodes).
+        check: run ``onnx.checker`` on the result (seconds for VGG-sized models; ONNX Runtime
+            validates the graph again when it loads it).
+
+    Returns:
+        ``path``. Input ``"image"`` ``(N, C, H, W)`` float32, normalised; output ``"logits"``
+        ``(N, K, H', W')``. ``metadata_props`` carry ``pixelwise.class_names``,
+        ``pixelwise.mean``, ``pixelwise.std``, ``pixelwise.model_name``,
+        ``pixelwise.model_kwargs``, ``pixelwise.palette``, ... as JSON strings.
+    """
+    ckpt = _as_checkpoint(checkpoint)
+    return atomic_write_bytes(path, onnx_bytes(ckpt, opset, example_size, fold_bn, check))
+
+
+def make_ort_session(model: str | os.PathLike | bytes, threads: int | None = None):
+    """An ONNX Runtime CPU session with all graph optimisations.
+
+    Args:
+        model: ``.onnx`` path or serialized model bytes.
+        threads: intra-op threads (default: ONNX Runtime's choice, one per core).
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    source = model if isinstance(model, bytes) else str(model)
+    try:
+        return ort.InferenceSession(source, sess_options=options,
+                                    providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types
+        name = "model bytes" if isinstance(model, bytes) else str(model)
+        raise CheckpointError(f"{name}: ONNX Runtime cannot load it ({e})") from e
+
+
+def read_onnx_metadata(model: str | os.PathLike | Any) -> dict[str, Any]:
+    """The pixelwise metadata of an ``.onnx`` file or an ONNX Runtime session.
+
+    Raises:
+        CheckpointError: the file lacks pixelwise metadata.
+    """
+    if isinstance(model, (str, os.PathLike)):
+        import onnx
+
+        path = Path(model)
+        if not path.is_file():
+            raise CheckpointError(f"{path}: ONNX file not found")
+        proto = onnx.load(str(path), load_external_data=False)
+        props = {p.key: p.value for p in proto.metadata_props}
+        return from_string_map(props, str(path))
+    props = dict(model.get_modelmeta().custom_metadata_map)
+    return from_string_map(props, "ONNX session")

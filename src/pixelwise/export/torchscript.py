@@ -1,0 +1,83 @@
+"""TorchScript export: a self-contained ``.pt`` with the metadata as an extra file."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checkpoint import Checkpoint, load_checkpoint
+from ..engine.optimize import fold_batchnorm
+from ..engine.tiling import input_size_for
+from ..errors import CheckpointError, PixelwiseError
+from ..io import atomic_write_bytes
+from .metadata import checkpoint_metadata
+from .onnx import example_input
+
+METADATA_FILE = "pixelwise.json"
+
+
+def _script_or_trace(model: torch.nn.Module, ckpt: Checkpoint) -> torch.jit.ScriptModule:
+    # Scripting keeps shape arithmetic (odd sizes, skip crops) symbolic; tracing would bake in
+    # the example's sizes, so it is the fallback, checked on a second size below.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return torch.jit.script(model)
+        except Exception:
+            return torch.jit.trace(model, example_input(ckpt), check_trace=False)
+
+
+def export_torchscript(checkpoint: str | os.PathLike | Checkpoint, path: str | os.PathLike,
+                       fold_bn: bool = True) -> Path:
+    """Export a checkpoint to TorchScript; metadata goes to the extra file ``pixelwise.json``.
+
+    Args:
+        checkpoint: checkpoint path or loaded :class:`~pixelwise.checkpoint.Checkpoint`.
+        path: output file (written atomically).
+        fold_bn: fold BatchNorm into convolutions first.
+
+    Returns:
+        ``path``; load it with :func:`load_torchscript` (or ``torch.jit.load`` with
+        ``_extra_files={"pixelwise.json": ""}``).
+    """
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    model = fold_batchnorm(ckpt.model) if fold_bn else ckpt.model.eval()
+    scripted = _script_or_trace(model, ckpt)
+    # Verify on a second batch size and an odd size, which catches a trace with baked-in sizes.
+    samples = [example_input(ckpt, input_size_for(ckpt.model, 64), batch=2),
+               example_input(ckpt, input_size_for(ckpt.model, 81))]
+    with torch.no_grad():
+        for sample in samples:
+            want, got = model(sample), scripted(sample)
+            if want.shape != got.shape or not torch.allclose(want, got, atol=1e-4, rtol=1e-4):
+                raise PixelwiseError(f"TorchScript export of {ckpt.model_name!r} does not "
+                                     f"reproduce the model on input {tuple(sample.shape)}")
+    buffer = io.BytesIO()
+    extra = {METADATA_FILE: json.dumps(checkpoint_metadata(ckpt))}
+    with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; users asked for it
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(scripted, buffer, _extra_files=extra)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_torchscript(path: str | os.PathLike,
+                     map_location: str = "cpu") -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
+    """Load a TorchScript export and its metadata dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: TorchScript file not found")
+    extra = {METADATA_FILE: ""}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(path), map_location=map_location, _extra_files=extra)
+    except Exception as e:  # torch raises RuntimeError and friends for foreign files
+        raise CheckpointError(f"{path}: not a TorchScript file ({e})") from e
+    if not extra[METADATA_FILE]:
+        raise CheckpointError(f"{path}: TorchScript file without {METADATA_FILE}")
+    return module.eval(), json.loads(extra[METADATA_FILE])
