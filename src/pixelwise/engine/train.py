@@ -45,6 +45,7 @@ from ..errors import CheckpointError, ConfigError, PixelwiseError
 from ..io import atomic_torch_save, atomic_write_text
 from ..preprocess import to_tensor
 from . import distributed as ddp
+from .tiling import input_size_for, mirror_pad, shrinks
 
 log = logging.getLogger("pixelwise.train")
 
@@ -216,29 +217,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig,
 # ---------------------------------------------------------------------------------------------
 # Forward pass that always returns logits at the mask's size
 
-def _valid_margin(net: nn.Module, size: int) -> tuple[int, int]:
-    """For a valid-convolution model: (input size, output size) covering ``size`` output pixels."""
-    if hasattr(net, "valid_input_size"):
-        # An input whose every pooling sees an even map keeps output and input centred.
-        n = net.valid_input_size(size)
-        return n, net.output_shape(n, n)[0]
-    for n in range(size, size + 4096):
-        try:
-            out = net.output_shape(n, n)[0]
-        except ValueError:
-            continue
-        if out >= size:
-            return n, out
-    raise ConfigError(f"model: no input size gives an output of {size} pixels")
-
-
-def _mirror_pad(x: torch.Tensor, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
-    # Mirror like the U-Net paper; reflect needs pad < size, so fall back to edge replication.
-    h, w = x.shape[-2:]
-    mode = "reflect" if max(top, bottom) < h and max(left, right) < w else "replicate"
-    return nn.functional.pad(x, [left, right, top, bottom], mode=mode)
-
-
 def forward_full(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Logits at the images' size, also for valid-convolution U-Nets.
 
@@ -249,18 +227,13 @@ def forward_full(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         images ``(N, C, H, W)`` -> logits ``(N, K, H, W)``.
     """
     net = getattr(model, "module", model)
+    if not shrinks(net):
+        return model(images)
     h, w = images.shape[-2:]
-    if not hasattr(net, "output_shape"):
-        return model(images)
-    try:
-        same = tuple(net.output_shape(h, w)) == (h, w)
-    except ValueError:  # too small for the valid network without padding
-        same = False
-    if same:
-        return model(images)
-    (ih, oh), (iw, ow) = _valid_margin(net, h), _valid_margin(net, w)
+    ih, iw = input_size_for(net, h), input_size_for(net, w)
+    oh, ow = net.output_shape(ih, iw)
     top, left = (ih - h) // 2, (iw - w) // 2
-    logits = model(_mirror_pad(images, top, ih - h - top, left, iw - w - left))
+    logits = model(mirror_pad(images, top, ih - h - top, left, iw - w - left))
     # Output pixel j sees input pixel j + (in - out) / 2 of the padded image.
     y0 = min(max(top - (ih - oh) // 2, 0), oh - h)
     x0 = min(max(left - (iw - ow) // 2, 0), ow - w)
