@@ -10,7 +10,6 @@ through a torch DataLoader at 0, 1 and 2 workers, beside the training step rate 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time

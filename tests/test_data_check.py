@@ -7,7 +7,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from pixelwise.cli.data import command
-from pixelwise.data import check_dataset, load_spec, quick_check
+from pixelwise.data import check_dataset, quick_check
 from pixelwise.data.check import median_frequency_weights
 from pixelwise.errors import DataError
 

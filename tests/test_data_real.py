@@ -1,5 +1,4 @@
 """Presets on the real datasets in ../shared/data (skipped where absent)."""
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,8 +6,9 @@ import torch
 from PIL import Image
 
 from pixelwise.data import SegmentationDataset, build_transforms, load_spec, quick_check
+from common import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = SHARED_DATA
 
 
 def _root(name):

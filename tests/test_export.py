@@ -1,5 +1,4 @@
 """ONNX and TorchScript export: parity with PyTorch on a real image, dynamic sizes, metadata."""
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,26 +13,12 @@ from pixelwise.export import (export_onnx, export_torchscript, load_torchscript,
 from pixelwise.models import build_model, list_models
 from pixelwise.preprocess import to_tensor
 
+from common import SHARED_DATA, TINY
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: with other processes on the cores, OpenMP barriers between two threads
-    cost more than the work (measured 70x slower for 128-px tiles), so use one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-CAMVID = Path("/work/shared/data/camvid/val")
-TINY = {
-    "unet": dict(in_channels=3, num_classes=3, base_channels=4, depth=3),
-    "unet_small": dict(in_channels=1, num_classes=1),
-    "resnet34_unet": dict(in_channels=3, num_classes=3),
-    "fcn32s": dict(num_classes=3),
-    "fcn16s": dict(num_classes=3),
-    "fcn8s": dict(num_classes=3),
-}
+CAMVID = SHARED_DATA / "camvid" / "val"
 # FCN-16s/32s are FCN-8s minus skip branches, with the same 134 M-parameter VGG16: each export
 # takes ~15 s here, so only FCN-8s runs in the default suite.
 SLOW = {"fcn16s", "fcn32s"}

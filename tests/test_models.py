@@ -13,15 +13,7 @@ from pixelwise.models.backbones import (ResNet34Encoder, VGG16Backbone,
                                         resnet_state_dict_for_encoder, vgg16_to_fcn_state_dict)
 from pixelwise.models.fcn import bilinear_kernel, upsampler
 
-# Smallest constructor arguments per model, so the contract test stays fast.
-TINY = {
-    "unet": dict(in_channels=3, num_classes=3, base_channels=4, depth=3),
-    "unet_small": dict(in_channels=1, num_classes=1),
-    "resnet34_unet": dict(in_channels=3, num_classes=3),
-    "fcn32s": dict(num_classes=3),
-    "fcn16s": dict(num_classes=3),
-    "fcn8s": dict(num_classes=3),
-}
+from common import TINY
 
 
 def trainable(model):

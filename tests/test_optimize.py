@@ -6,26 +6,10 @@ import torch.nn as nn
 from pixelwise.engine.optimize import (count_batchnorms, fold_batchnorm, fold_conv_bn,
                                        optimize_for_inference)
 from pixelwise.models import build_model, list_models
+from common import TINY
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: with other processes on the cores, OpenMP barriers between two threads
-    cost more than the work (measured 70x slower for 128-px tiles), so use one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-TINY = {
-    "unet": dict(in_channels=3, num_classes=3, base_channels=4, depth=3),
-    "unet_small": dict(in_channels=1, num_classes=1),
-    "resnet34_unet": dict(in_channels=3, num_classes=3),
-    "fcn32s": dict(num_classes=3),
-    "fcn16s": dict(num_classes=3),
-    "fcn8s": dict(num_classes=3),
-}
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def randomize(model: nn.Module, seed: int = 0) -> nn.Module:

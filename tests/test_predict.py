@@ -19,14 +19,7 @@ from pixelwise.errors import DataError
 from pixelwise.models import build_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: with other processes on the cores, OpenMP barriers between two threads
-    cost more than the work (measured 70x slower for 128-px tiles), so use one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 UNET3 = dict(in_channels=3, num_classes=3, base_channels=4, depth=2)

@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from common import SHARED_DATA
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
-CAMVID_VAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid" / "val"
+CAMVID_VAL = SHARED_DATA / "camvid" / "val"
 CAMVID_CLASSES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence",
                   "Car", "Pedestrian", "Bicyclist"]
 
@@ -32,11 +33,9 @@ pytestmark = [
 
 def _camvid_image(tmp_path: Path) -> Path:
     """The first CamVid validation image, or a synthetic street-like one where data is absent."""
-    for root in (CAMVID_VAL, Path("/work/shared/data/camvid/val")):
-        if root.is_dir():
-            files = sorted(root.glob("*.png"))
-            if files:
-                return files[0]
+    files = sorted(CAMVID_VAL.glob("*.png"))
+    if files:
+        return files[0]
     img = np.zeros((360, 480, 3), dtype=np.uint8)
     img[:150] = (120, 160, 220)  # sky
     img[250:] = (90, 90, 90)  # road

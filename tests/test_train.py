@@ -2,7 +2,6 @@
 best checkpoint and early stopping."""
 from __future__ import annotations
 
-import math
 import os
 import signal
 import subprocess

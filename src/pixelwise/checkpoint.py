@@ -18,7 +18,7 @@ A checkpoint is a plain dict (loadable with ``torch.load(weights_only=True)``)::
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 

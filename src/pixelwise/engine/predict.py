@@ -92,6 +92,7 @@ class Predictor:
             ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
             self._init_checkpoint(ckpt, backend, optimize, compile, threads)
         self.shrinks = shrinks(self.shape_model)
+        self.backend = "torch" if self._session is None else "onnxruntime"
 
     # -- construction ------------------------------------------------------------------
 
