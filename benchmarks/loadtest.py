@@ -8,7 +8,8 @@ Steps: one warm-up request; ``--requests`` predictions from ``--clients`` concur
 (every ``--json-every``-th asks for JSON); server memory before and after; then each malformed
 upload (truncated PNG, text file, 0 bytes, 100-megapixel PNG, wrong Content-Type), which must
 get its 4xx, and a last good request, which must still succeed. Exit code 1 if any request
-failed or any malformed upload got the wrong status.
+failed, any malformed upload got the wrong status, or the server's resident memory grew by
+more than ``--max-rss-growth-mib`` under the load.
 
 Example::
 
@@ -53,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-batch", type=int, help="server micro-batch size (default: the server's)")
     p.add_argument("--threads", type=int, default=1, help="server torch threads")
     p.add_argument("--timeout", type=float, default=120.0, help="per-request timeout, seconds")
+    p.add_argument("--max-rss-growth-mib", type=float, default=256.0,
+                   help="fail if the server's resident memory grows more than this under load")
     p.add_argument("--output", type=Path, help="write the JSON report here (default: stdout)")
     return p.parse_args(argv)
 
@@ -267,16 +270,21 @@ def main(argv: list[str] | None = None) -> int:
     }
     b = report["batching"]
     b["mean_batch"] = round(b["requests"] / max(b["batches"], 1), 2)
+    memory = report["server_memory_mib"]
+    memory["growth"] = round(memory["rss_after"] - memory["rss_before"], 1)
+    memory["bounded"] = memory["growth"] <= args.max_rss_growth_mib
     text = json.dumps(report, indent=2)
     if args.output:
         args.output.write_text(text + "\n")
     print(text)
-    ok = (load["errors"] == 0 and all(m["ok"] for m in malformed) and report["still_serving"])
+    ok = (load["errors"] == 0 and all(m["ok"] for m in malformed) and report["still_serving"]
+          and memory["bounded"])
     print(f"{load['requests']} requests, {load['clients']} clients: "
           f"{load['throughput_rps']} req/s, p50 {load['latency_ms']['p50']} ms, "
           f"p99 {load['latency_ms']['p99']} ms, {load['errors']} errors; "
           f"RSS {report['server_memory_mib']['rss_before']} -> "
-          f"{report['server_memory_mib']['rss_after']} MiB; malformed "
+          f"{report['server_memory_mib']['rss_after']} MiB"
+          f"{'' if memory['bounded'] else ' (unbounded)'}; malformed "
           f"{sum(m['ok'] for m in malformed)}/{len(malformed)} right; "
           f"{'PASS' if ok else 'FAIL'}", file=sys.stderr)
     return 0 if ok else 1

@@ -64,6 +64,23 @@ def test_quick_check_lists_every_problem_naming_files(tmp_path):
     assert f"{tmp_path}/img/3.png: unreadable image header" in msg
 
 
+def test_splits_sharing_a_mask_folder_have_no_extra_masks(tmp_path):
+    # train/ and val/ images, one masks/ folder: val's masks are not "extra" for train
+    for split, ids in (("train", "ab"), ("val", "c")):
+        for i in ids:
+            (tmp_path / split).mkdir(exist_ok=True)
+            (tmp_path / "masks").mkdir(exist_ok=True)
+            Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / f"{split}/{i}.png")
+            Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / f"masks/{i}.png")
+    spec = {"root": str(tmp_path), "class_names": ["bg", "fg"], "channels": 1,
+            "splits": {s: {"images": f"{s}/*.png", "masks": "masks/{stem}.png"}
+                       for s in ("train", "val")}}
+    assert quick_check(spec, "train") == 2 and quick_check(spec, "val") == 1
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "masks/orphan.png")
+    with pytest.raises(DataError, match=r"(?s)1 problem.*masks/orphan\.png: extra mask"):
+        quick_check(spec, "val")
+
+
 def test_pixel_limit_is_a_problem(tmp_path):
     spec = _tree(tmp_path, n=1)
     spec["max_pixels"] = 79
@@ -98,6 +115,10 @@ def test_cli_check_exit_codes_and_json(tmp_path):
     assert json.loads((tmp_path / "r.json").read_text())["splits"]["train"]["count"] == 3
     stats = runner.invoke(command, ["stats", str(tmp_path / "spec.yaml")])
     assert stats.exit_code == 0 and "class_weights: [" in stats.output
+    # a misspelt split measures nothing: an error, not zeros ready to paste
+    typo = runner.invoke(command, ["stats", str(tmp_path / "spec.yaml"), "--split", "trian"])
+    assert typo.exit_code == 1 and "mean: [" not in typo.output
+    assert "no split 'trian'" in str(typo.exception)
     (tmp_path / "lbl/0.png").unlink()
     bad = runner.invoke(command, ["check", str(tmp_path / "spec.yaml")])
     assert bad.exit_code == 1

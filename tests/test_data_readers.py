@@ -1,5 +1,7 @@
 """Readers: every format into (H, W, C) arrays; bad files raise DataError naming the file."""
 import logging
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -108,6 +110,32 @@ def test_pixel_limit_refuses_from_the_header(tmp_path):
         with pytest.raises(DataError, match=name):
             image_size(tmp_path / name, max_pixels=1999)
     assert read_image(tmp_path / "big.png", max_pixels=2000).shape == (40, 50, 1)
+
+
+def _header_only_png(path, width, height):
+    """A PNG whose header claims ``width x height`` grey pixels, with no pixel data."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+
+
+def test_our_pixel_limit_decides_not_pillows(tmp_path):
+    # 200 MP: over Pillow's own refusal threshold (2 x 89.5 MP) but under our default limit
+    # (2**28) -- the header must be readable, and raising max_pixels must be enough.
+    path = tmp_path / "aerial.png"
+    _header_only_png(path, 20000, 10000)
+    assert image_size(path) == (10000, 20000)
+    assert image_size(path, max_pixels=2**62) == (10000, 20000)
+    with pytest.raises(DataError, match=r"aerial\.png: 20000x10000 = 200000000 pixels is over "
+                                        r"the pixel limit of 100000000"):
+        image_size(path, max_pixels=10**8)
+    with pytest.raises(DataError, match=r"aerial\.png: 20000x10000 .* over the pixel limit"):
+        read_image(path, max_pixels=10**8)
+    # decoding it (no pixel data) is a truncated file, not a decompression-bomb refusal
+    with pytest.raises(DataError, match=r"aerial\.png: unreadable or truncated"):
+        read_image(path)
 
 
 def test_adapt_channels():

@@ -101,6 +101,11 @@ def test_build_transforms_full_pipeline_and_errors():
         build_transforms({"flip": 0.5}, train=True, ignore_index=255)
     with pytest.raises(ConfigError, match="augment.elastic.alpha"):
         build_transforms({"elastic": {"alpha": 3}}, train=True, ignore_index=255)
+    # a flip is a probability: `hflip: true` must not silently flip every image
+    for bad in (True, 1.5, "0.5"):
+        with pytest.raises(ConfigError, match="augment.hflip: expected a probability"):
+            build_transforms({"hflip": bad}, train=True, ignore_index=255)
+    assert build_transforms({"vflip": 0, "hflip": None}, train=True, ignore_index=255).transforms == []
 
 
 def test_dataloader_workers_are_seeded_by_torch(tmp_path):

@@ -130,20 +130,28 @@ def test_binary_model_on_two_class_data(tmp_path, monkeypatch):
     assert result["confusion_matrix"] == [[0, 192], [0, 64]]
     assert result["pixel_accuracy"] == pytest.approx(64 / 256)
     assert result["per_class"][1]["iou"] == pytest.approx(64 / 256)
-    # an all-foreground prediction has no surface: its distance is infinite, written as null
-    assert result["per_image"][0]["hausdorff95"] is None and result["hausdorff95"] is None
-    assert (tmp_path / "out" / "report.html").is_file()
-
-    # the square shifted right by 2 px: every surface point lies within 2 px of the other
     import pixelwise.engine.evaluate as ev
     from pixelwise.metrics import hausdorff95
+
+    truth = (mask > 0).astype(np.int64)
+    everywhere = hausdorff95(np.ones_like(truth), truth)
+    assert result["per_image"][0]["hausdorff95"] == result["hausdorff95"] == everywhere
+    assert (tmp_path / "out" / "report.html").is_file()
+
+    # an empty prediction has no surface: its distance is infinite, written as null
+    monkeypatch.setattr(ev, "_mask_predictor",
+                        lambda *a, **k: (lambda image: np.zeros_like(truth)))
+    result = evaluate(ckpt, spec, "val", tmp_path / "empty")
+    assert result["per_image"][0]["hausdorff95"] is None and result["hausdorff95"] is None
+    assert json.loads((tmp_path / "empty" / "metrics.json").read_text())["hausdorff95"] is None
+
+    # the square shifted right by 2 px: every surface point lies within 2 px of the other
 
     shifted = np.zeros((16, 16), np.int64)
     shifted[4:12, 6:14] = 1
     monkeypatch.setattr(ev, "_mask_predictor", lambda *a, **k: (lambda image: shifted))
     result = evaluate(ckpt, spec, "val", None)
     assert result["per_class"][1]["iou"] == pytest.approx(48 / 80)
-    truth = (mask > 0).astype(np.int64)
     assert result["hausdorff95"] == pytest.approx(hausdorff95(shifted, truth))
     assert 0 < result["hausdorff95"] <= 2
     assert result["boundary_f1"] == 1.0              # every boundary pixel within 2 px

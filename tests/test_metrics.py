@@ -202,6 +202,21 @@ def test_hd95_identical_and_empty():
     assert hausdorff95(np.zeros_like(sq), sq) == math.inf
 
 
+def test_hd95_prediction_filling_the_image_is_finite():
+    # All-foreground prediction (common early in training): it has no 4-neighbour outside
+    # itself, so its surface is the image rim. The target's square outline is 10..19; the
+    # farthest rim pixels are the corners, the 95th percentile well under the diagonal.
+    target = _square()
+    pred = np.ones_like(target)
+    hd = hausdorff95(pred, target)
+    assert math.isfinite(hd) and 9.0 <= hd <= math.hypot(29, 29)
+    # pred -> target: the rim pixel (0, 15) is 10 rows from the outline row 10
+    rim = np.argwhere(pred & ~np.pad(np.ones((28, 28), bool), 1))
+    st = np.argwhere(surface(target == 1, np.ones_like(target, bool)))
+    d = cdist(rim, st)
+    assert hd == pytest.approx(max(np.percentile(d.min(1), 95), np.percentile(d.min(0), 95)))
+
+
 def test_hd95_known_shift():
     # Full-width stripes: each surface is one top row and one bottom row (the image edge is
     # not a surface), so every surface distance equals the vertical shift.

@@ -92,6 +92,20 @@ def test_valid_unet_maps_572_to_388():
     assert model.valid_input_size(388) == 572
 
 
+@pytest.mark.parametrize("name", ["unet", "unet_small"])
+def test_padded_unet_refuses_inputs_smaller_than_its_poolings(name):
+    # Below 2**depth a side pools down to 0 px; a ValueError (the server's 422), not a crash
+    # inside max_pool2d (RuntimeError, the server's 500).
+    kwargs = TINY[name]
+    model = pixelwise.build_model(name, **kwargs).eval()
+    c_in, minimum = kwargs.get("in_channels", 3), 2 ** model.depth
+    with torch.no_grad():
+        assert model(torch.randn(1, c_in, minimum, minimum)).shape[-2:] == (minimum, minimum)
+        for h, w in [(1, 1), (minimum - 1, 64), (64, minimum - 1)]:
+            with pytest.raises(ValueError, match=f"{h}x{w} is too small.*{minimum} pixels"):
+                model(torch.randn(1, c_in, h, w))
+
+
 @pytest.mark.parametrize("size", [1, 2, 31, 32, 33, 63, 97])
 def test_fcn_output_aligned_for_any_size(size):
     model = pixelwise.build_model("fcn8s", num_classes=2).eval()
@@ -103,6 +117,15 @@ def test_fcn_score_layers_start_at_zero():
     model = pixelwise.build_model("fcn8s", num_classes=5)
     for layer in (model.score_fr, model.score_pool4, model.score_pool3):
         assert layer.weight.abs().sum() == 0 and layer.bias.abs().sum() == 0
+
+
+def test_fcn_dropout_is_element_wise_as_in_the_reference():
+    # Caffe's Dropout drops single activations of fc6/fc7, not whole maps (Dropout2d).
+    backbone = VGG16Backbone(dropout=0.5).train()
+    torch.manual_seed(0)
+    out = backbone.drop(torch.ones(1, 64, 8, 8))
+    zeros_per_map = (out == 0).flatten(2).sum(-1)
+    assert ((zeros_per_map > 0) & (zeros_per_map < 64)).any()
 
 
 def test_bilinear_upsampling_of_a_constant_is_constant_inside():
@@ -233,3 +256,12 @@ def test_pretrained_vgg16_from_local_file(tmp_path):
     torch.save(tv, tmp_path / "vgg16.pth")
     model = pixelwise.build_model("fcn32s", num_classes=4, pretrained=tmp_path / "vgg16.pth")
     assert torch.equal(model.backbone.features[0].weight, tv["features.0.weight"])
+
+
+def test_models_command_refuses_zero_classes():
+    from click.testing import CliRunner
+
+    from pixelwise.cli import cli
+
+    result = CliRunner().invoke(cli, ["models", "--num-classes", "0"])
+    assert result.exit_code == 2 and "--num-classes" in result.output

@@ -102,6 +102,13 @@ def test_fold_only_safe_pairs():
     model = randomize(SharedOutput())
     folded = fold_batchnorm(model)
     assert count_batchnorms(folded) == 1
+    # BatchNorm without running statistics uses each batch's own: nothing constant to fold.
+    batch_stats = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False))
+    folded = fold_batchnorm(batch_stats)
+    assert count_batchnorms(folded) == 1
+    x = torch.randn(2, 3, 9, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), batch_stats.eval()(x))
     model = randomize(Untraceable())
     folded = fold_batchnorm(model)
     assert count_batchnorms(folded) == 0

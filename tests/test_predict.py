@@ -200,6 +200,9 @@ def test_predict_paths_writes_masks_overlays_probs_summary(ckpt3, tmp_path):
     assert probs16.dtype == np.uint16 and probs16.shape == (3, 25, 33)
     with pytest.raises(DataError, match="nothing_here"):
         predict_paths(pred, [tmp_path / "nothing_here*.png"], out)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="empty: folder holds no images"):
+        collect_inputs([tmp_path / "empty"])
 
 
 # -- huge rasters -------------------------------------------------------------------------------

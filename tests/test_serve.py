@@ -476,6 +476,32 @@ def test_queue_refuses_when_full():
     asyncio.run(main())
 
 
+def test_stop_fails_running_and_held_requests_instead_of_leaving_them_waiting():
+    gate = threading.Event()
+
+    async def main():
+        q = InferenceQueue(lambda ims: (gate.wait(5), ims)[1], max_batch=2, max_queue=10,
+                           batch_wait_s=0)
+        # a runs (blocked); b, of another size, is held for the next batch; c waits queued.
+        jobs = [asyncio.ensure_future(q.submit(np.zeros(s))) for s in
+                [(4, 4, 3), (5, 4, 3), (4, 4, 3)]]
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if q._held is not None:
+                break
+        assert q._held is not None
+        await q.stop()
+        gate.set()
+        q.close()
+        done, pending = await asyncio.wait(jobs, timeout=2)
+        assert not pending
+        for job in jobs:
+            with pytest.raises(RuntimeError, match="shutting down"):
+                job.result()
+
+    asyncio.run(main())
+
+
 def test_sniff_format():
     assert sniff_format(png_bytes(striped_image())) == "png"
     assert sniff_format(b"\xff\xd8\xff\xe0rest") == "jpeg"
@@ -519,6 +545,19 @@ def test_real_checkpoint_end_to_end(tiny_checkpoint):
         assert sum(x["pixels"] for x in body["classes"]) == 40 * 56
         assert [x["pixels"] for x in body["classes"]] == np.bincount(
             expected.ravel(), minlength=3).tolist()
+
+
+def test_image_smaller_than_the_model_takes_is_422(tiny_checkpoint):
+    # The depth-2 U-Net pools twice: a side under 4 px used to crash inside the model (500).
+    predict_mod = pytest.importorskip("pixelwise.engine.predict")
+    predictor = predict_mod.Predictor(tiny_checkpoint, backend="torch")
+    with TestClient(create_app(predictor), raise_server_exceptions=False) as c:
+        for h, w in [(1, 1), (3, 40)]:
+            r = post_file(c, png_bytes(np.full((h, w, 3), 90, dtype=np.uint8)))
+            assert r.status_code == 422, r.text
+            assert "too small" in r.json()["error"]
+        r = post_file(c, png_bytes(np.full((4, 40, 3), 90, dtype=np.uint8)))
+        assert r.status_code == 200
 
 
 def test_serve_help_ends_with_example():

@@ -276,3 +276,34 @@ def test_model_kwargs_are_filled_from_the_dataset_where_the_builder_takes_them()
         {"num_classes": 1, "in_channels": 1}                           # binary on two classes
     with pytest.raises(ConfigError, match="model.kwargs.num_classes"):
         T.resolve_model_kwargs(unet, rgb11)
+
+
+def test_loaders_leave_the_global_torch_rng_alone(spec_path, tmp_path):
+    # A resumed run restores the global RNG and then starts a new loader iterator mid-epoch;
+    # if iter() drew from that RNG, every later dropout mask would shift.
+    from pixelwise.engine.distributed import DistInfo
+
+    cfg = load_config(raw=tiny_config(spec_path, tmp_path))
+    train_ds, val_ds, transform = T.build_datasets(cfg)
+    train_loader, val_loader = T._loaders(cfg, train_ds, val_ds, transform, DistInfo())
+    for loader in (train_loader, val_loader):
+        before = torch.get_rng_state()
+        next(iter(loader))
+        assert torch.equal(before, torch.get_rng_state())
+
+
+def test_best_checkpoint_is_written_before_last(spec_path, tmp_path, monkeypatch):
+    # Killed between the two writes, a run must not resume past an epoch whose best.pt is
+    # missing: best.pt goes first, so last.pt never runs ahead of it.
+    written = []
+    real = T.atomic_torch_save
+
+    def record(obj, path):
+        written.append(Path(path).name)
+        return real(obj, path)
+
+    monkeypatch.setattr(T, "atomic_torch_save", record)
+    cfg = load_config(raw=tiny_config(spec_path, tmp_path, train={"epochs": 1,
+                                                                  "steps_per_epoch": 1}))
+    T.train(cfg)
+    assert written == ["best.pt", "last.pt"]

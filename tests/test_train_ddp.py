@@ -66,3 +66,32 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     # only rank 0 wrote: no stray files from rank 1
     written = sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir())
     assert written == ["best.pt", "last.pt"]
+
+
+_BROADCAST = """
+import os, sys, torch, torch.distributed as dist
+from pixelwise.engine import distributed as ddp
+os.environ.update(RANK=sys.argv[1], WORLD_SIZE="2", LOCAL_RANK=sys.argv[1],
+                  MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2])
+info = ddp.init_distributed("cpu")
+bn = torch.nn.BatchNorm2d(3)
+bn.running_mean.fill_(info.rank + 1.0)     # statistics drift apart between DDP broadcasts
+bn.num_batches_tracked.fill_(10 * info.rank)
+ddp.broadcast_buffers(bn, info)
+assert bn.running_mean.tolist() == [1.0] * 3 and int(bn.num_batches_tracked) == 0, bn.running_mean
+ddp.cleanup(info)
+"""
+
+
+def test_validation_sees_rank0_batchnorm_statistics_everywhere():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", _BROADCAST, str(rank), port], env=env,
+                              stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-2000:]

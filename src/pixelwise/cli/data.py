@@ -74,8 +74,14 @@ def stats(spec: str, root: str | None, split: str, max_images: int | None) -> No
     """
     from ..data.check import check_dataset
 
+    from ..errors import DataError
+
     report = check_dataset(_spec(spec, root), splits=[split], max_images=max_images)
     st = report.splits[split]
+    if not st.sizes:
+        # Zeros (std 0 included) pasted into a spec would be wrong or rejected later.
+        raise DataError(f"split {split!r}: no sample could be read, so no statistics:\n"
+                        + "\n".join(f"  - {p}" for p in report.problems))
     click.echo(f"# {report.name} split {split}: {st.count} samples")
     click.echo(f"mean: {json.dumps([round(v, 4) for v in st.mean])}")
     click.echo(f"std: {json.dumps([round(v, 4) for v in st.std])}")

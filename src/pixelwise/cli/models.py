@@ -10,7 +10,7 @@ from ..models.registry import _MODELS
 
 
 @click.command("models")
-@click.option("--num-classes", type=int, default=None,
+@click.option("--num-classes", type=click.IntRange(min=1), default=None,
               help="Count parameters for this many classes (default: each model's own).")
 def command(num_classes: int | None) -> None:
     """List the registered models with their trainable parameter counts and defaults.

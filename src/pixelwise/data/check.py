@@ -64,13 +64,20 @@ def _extra_masks(spec: DatasetSpec, split: str) -> list[str]:
     pattern = mask_glob(spec, base)
     if pattern is None:
         return []
+    # Splits may share one mask folder (train/ and val/ images, one masks/ folder): a mask is
+    # extra only when no split's image names it.
     referenced = set()
-    for s in _resolve_split(spec, base):
-        referenced.update(s.mask if isinstance(s.mask, tuple) else [s.mask])
+    for name in spec.splits:
+        try:
+            samples = _resolve_split(spec, name)
+        except PixelwiseError:
+            continue  # reported by that split's own check
+        for s in samples:
+            referenced.update(s.mask if isinstance(s.mask, tuple) else [s.mask])
     import glob
 
     found = {Path(p) for p in glob.glob(pattern) if Path(p).is_file()}
-    return [f"{p}: extra mask with no matching image in split {base!r}"
+    return [f"{p}: extra mask with no matching image (split {base!r} or any other)"
             for p in sorted(found - referenced)]
 
 

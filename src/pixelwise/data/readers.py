@@ -8,10 +8,13 @@ decompression bomb costs nothing.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import threading
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image
@@ -34,6 +37,29 @@ def _check_pixels(path: Path, height: int, width: int, max_pixels: int | None) -
         raise DataError(f"{path}: {width}x{height} = {height * width} pixels is over the pixel "
                         f"limit of {limit} (possible decompression bomb); raise max_pixels if "
                         "the image is genuine")
+
+
+_PIL_LIMIT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _open_pil(path: Path) -> Iterator[Image.Image]:
+    """``Image.open`` with Pillow's own decompression-bomb limit lifted.
+
+    Pillow refuses headers over ``2 * Image.MAX_IMAGE_PIXELS`` (179 MP), below our default
+    limit and whatever ``max_pixels`` the caller raised it to; the caller checks the header
+    size against ``max_pixels`` right after opening, so that limit is the one that decides.
+    The lock keeps concurrent threads from restoring each other's saved value.
+    """
+    with _PIL_LIMIT_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            im = Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+    with im:
+        yield im
 
 
 def _tiff_layout(path: Path) -> tuple[tuple[int, ...], str]:
@@ -64,14 +90,10 @@ def image_size(path: str | os.PathLike, max_pixels: int | None = None) -> tuple[
         elif path.suffix.lower() in (".npy", ".mat"):
             h, w = _read_array_file(path).shape[:2]
         else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(path) as im:
-                    w, h = im.size
+            with _open_pil(path) as im:
+                w, h = im.size
     except DataError:
         raise
-    except Image.DecompressionBombError as e:
-        raise DataError(f"{path}: over the pixel limit (possible decompression bomb): {e}") from e
     except Exception as e:  # noqa: BLE001 - any decoder failure is a bad file to the user
         raise DataError(f"{path}: unreadable image header ({type(e).__name__}: {e})") from e
     _check_pixels(path, h, w, max_pixels)
@@ -118,7 +140,7 @@ def _read_tiff(path: Path, max_pixels: int | None) -> np.ndarray:
 def _read_tiff_pil(path: Path) -> np.ndarray:
     from PIL import ImageSequence
 
-    with Image.open(path) as im:
+    with _open_pil(path) as im:
         pages = [_pil_to_array(page.copy(), path, keep_palette=True) for page in ImageSequence.Iterator(im)]
     pages = [p[..., None] if p.ndim == 2 else p for p in pages]
     return np.concatenate(pages, axis=-1)
@@ -163,17 +185,15 @@ def _read_any(path: Path, max_pixels: int | None, keep_palette: bool) -> np.ndar
             arr = _read_array_file(path)
             _check_pixels(path, arr.shape[0], arr.shape[1], max_pixels)
             return arr
-        with warnings.catch_warnings():
-            # Our own limit below decides; Pillow's warning threshold would only add noise.
+        with _open_pil(path) as im, warnings.catch_warnings():
+            # Our own limit decides; Pillow's warnings (GIF frames re-check sizes while
+            # loading) would only add noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                _check_pixels(path, im.size[1], im.size[0], max_pixels)
-                im.load()
-                return _pil_to_array(im, path, keep_palette)
+            _check_pixels(path, im.size[1], im.size[0], max_pixels)
+            im.load()
+            return _pil_to_array(im, path, keep_palette)
     except DataError:
         raise
-    except Image.DecompressionBombError as e:
-        raise DataError(f"{path}: over the pixel limit (possible decompression bomb): {e}") from e
     except Exception as e:  # noqa: BLE001 - truncated/corrupt files surface as many types
         raise DataError(f"{path}: unreadable or truncated file ({type(e).__name__}: {e})") from e
 

@@ -245,6 +245,13 @@ def _pair(value: Any, key: str) -> tuple[float, float]:
     return float(value[0]), float(value[1])
 
 
+def _probability(value: Any, key: str) -> float:
+    # YAML's `hflip: true` would otherwise become p = 1.0: every image flipped, no augmentation.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ConfigError(f"augment.{key}: expected a probability in [0, 1], got {value!r}")
+    return float(value)
+
+
 def build_transforms(cfg: dict | None, train: bool, ignore_index: int) -> Compose:
     """Build the joint transform for training or evaluation.
 
@@ -280,10 +287,9 @@ def build_transforms(cfg: dict | None, train: bool, ignore_index: int) -> Compos
         ts.append(RandomScale((lo, hi)))
     if cfg.get("crop") is not None:
         ts.append(RandomCrop(tuple(int(v) for v in _pair(cfg["crop"], "crop")), ignore_index))
-    if cfg.get("hflip"):
-        ts.append(RandomFlip(axis=1, p=float(cfg["hflip"])))
-    if cfg.get("vflip"):
-        ts.append(RandomFlip(axis=0, p=float(cfg["vflip"])))
+    for key, axis in (("hflip", 1), ("vflip", 0)):
+        if cfg.get(key) is not None and _probability(cfg[key], key) > 0:
+            ts.append(RandomFlip(axis=axis, p=float(cfg[key])))
     if cfg.get("rotate90"):
         ts.append(RandomRotate90())
     if cfg.get("rotate"):

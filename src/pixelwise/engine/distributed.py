@@ -100,3 +100,11 @@ def broadcast_flag(flag: bool, info: DistInfo) -> bool:
     t = torch.tensor([1 if flag else 0], dtype=torch.int64, device=info.device)
     dist.broadcast(t, src=0)
     return bool(t.item())
+
+
+def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+    """Copy rank 0's buffers (e.g. BatchNorm running statistics) to every process."""
+    if not info.distributed:
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer.data, src=0)

@@ -119,6 +119,8 @@ def fold_batchnorm(model: nn.Module, inplace: bool = False) -> nn.Module:
     except Exception:  # fx cannot trace data-dependent control flow; fall back to the safe subset
         pairs = list(_pairs_from_sequentials(model))
     for conv_name, bn_name in pairs:
+        if model.get_submodule(bn_name).running_mean is None:
+            continue  # no running statistics: it normalises with each batch's own, no constant
         fold_conv_bn(model.get_submodule(conv_name), model.get_submodule(bn_name))
         _set_module(model, bn_name, nn.Identity())
     return model

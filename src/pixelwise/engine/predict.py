@@ -283,14 +283,19 @@ def collect_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     """Expand files, folders (their images, sorted) and glob patterns into image paths.
 
     Raises:
-        DataError: an input that is no file, no folder and matches nothing.
+        DataError: an input that is no file, no folder and matches nothing, or a folder
+            without images.
     """
     paths: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            paths.extend(sorted(p for p in path.iterdir()
-                                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+            found = sorted(p for p in path.iterdir()
+                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise DataError(f"{path}: folder holds no images "
+                                f"({', '.join(IMAGE_SUFFIXES)})")
+            paths.extend(found)
         elif path.is_file():
             paths.append(path)
         else:

@@ -407,6 +407,9 @@ def validate(t: Trainee) -> dict[str, Any]:
     # The bare module: DDP's forward would broadcast buffers, a collective that hangs when
     # processes hold different numbers of validation images.
     net = getattr(t.model, "module", t.model)
+    # Without SyncBatchNorm each process's running statistics drifted with its own last
+    # batch: score rank 0's model (the one checkpointed) on every process.
+    ddp.broadcast_buffers(net, t.dist)
     net.eval()
     cm = ConfusionMatrix(t.num_classes, ignore_index=t.ignore_index, device=t.device)
     loss_sum = count = 0.0
@@ -632,15 +635,21 @@ def _loaders(cfg: RunConfig, train_ds, val_ds, transform, info: ddp.DistInfo):
     pin = info.device.type == "cuda"
     sampler = EpochBatchSampler(train_ds, d.batch_size, n_batches, cfg.train.seed,
                                 info.rank, info.world_size)
+    # Each loader gets its own generator: without one, every iter() draws its workers' base
+    # seed from the global torch RNG, so a run resumed mid-epoch (which starts a new iterator
+    # after restoring that RNG) would shift every later dropout mask. The samples themselves
+    # are seeded per index by SeededDataset and do not need the workers' seeds.
     train_loader = DataLoader(SeededDataset(train_ds, transform, cfg.train.seed),
                               batch_sampler=sampler,
-                              num_workers=d.workers, pin_memory=pin)
+                              num_workers=d.workers, pin_memory=pin,
+                              generator=torch.Generator().manual_seed(cfg.train.seed))
     val_loader = None
     if val_ds is not None and len(val_ds):
         # Every process validates a disjoint share (no padding, so nothing counts twice).
         share = Subset(val_ds, range(info.rank, len(val_ds), info.world_size))
         val_loader = DataLoader(share, batch_size=d.val_batch_size, shuffle=False,
-                                num_workers=d.workers, pin_memory=pin)
+                                num_workers=d.workers, pin_memory=pin,
+                                generator=torch.Generator().manual_seed(cfg.train.seed))
     return train_loader, val_loader
 
 
@@ -771,9 +780,12 @@ def _fit(t: Trainee, checkpoint_dict: Callable[[], dict], run_dir: Path) -> None
             if info.is_main:
                 _log_epoch(entry, writer)
                 ckpt = checkpoint_dict()
-                atomic_torch_save(ckpt, run_dir / "checkpoints" / "last.pt")
+                # best.pt first: a run killed between the two writes resumes from the previous
+                # last.pt and redoes this epoch, instead of recording a best epoch whose
+                # weights never reached best.pt.
                 if p.best_epoch == epoch + 1:
                     atomic_torch_save(ckpt, run_dir / "checkpoints" / "best.pt")
+                atomic_torch_save(ckpt, run_dir / "checkpoints" / "last.pt")
                 write_metrics_csv(run_dir / "metrics.csv", p.history)
             if ddp.broadcast_flag(stop, info):
                 log.info("early stopping after epoch %d: %s has not improved for %d validations",

@@ -118,6 +118,16 @@ def boundary_f1(pred, target, tolerance: float = 2.0, classes: Sequence[int] | N
     return _mean_defined(per_image)
 
 
+def _hd_surface(region: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """:func:`surface`, or, for a non-empty region that fills the whole valid area (and so
+    has no neighbour outside it), the rim of that area: the region is then bounded by the
+    image frame, and its distance to the other mask is finite, not ``inf``."""
+    s = surface(region, valid)
+    if s.any():
+        return s
+    return region & ~ndimage.binary_erosion(region, border_value=0)
+
+
 def _hd95_one(pred: np.ndarray, target: np.ndarray, ignore_index: int,
               spacing: Sequence[float] | None) -> float | None:
     valid = target != ignore_index
@@ -127,9 +137,9 @@ def _hd95_one(pred: np.ndarray, target: np.ndarray, ignore_index: int,
         return None
     if np.array_equal(fp, ft):
         return 0.0
-    sp, st = surface(fp, valid), surface(ft, valid)
-    if not sp.any() or not st.any():
+    if not fp.any() or not ft.any():
         return float("inf")
+    sp, st = _hd_surface(fp, valid), _hd_surface(ft, valid)
     d_pt = ndimage.distance_transform_edt(~st, sampling=spacing)[sp]
     d_tp = ndimage.distance_transform_edt(~sp, sampling=spacing)[st]
     return float(max(np.percentile(d_pt, 95), np.percentile(d_tp, 95)))

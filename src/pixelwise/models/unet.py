@@ -112,6 +112,13 @@ class UNet(nn.Module):
                               padding=head_kernel_size // 2 if padding == "same" else 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.padding == "same":
+            # Each pooling floors, so a side under 2**depth reaches the bottom as 0 pixels;
+            # say so rather than fail inside max_pool2d. (Valid mode: see output_shape.)
+            minimum = 1 << self.depth  # an int under TorchScript too
+            if x.shape[-2] < minimum or x.shape[-1] < minimum:
+                raise ValueError(f"input {x.shape[-2]}x{x.shape[-1]} is too small for a U-Net of "
+                                 f"depth {self.depth}: each side needs at least {minimum} pixels")
         skips = []
         for i, block in enumerate(self.encoder):
             x = block(x if i == 0 else self.pool(x))

@@ -100,11 +100,14 @@ class InferenceQueue:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        waiting = [self._held] if self._held is not None else []
+        self._held = None
         if self._queue is not None:
             while not self._queue.empty():
-                job = self._queue.get_nowait()
-                if not job.future.done():
-                    job.future.set_exception(RuntimeError("server shutting down"))
+                waiting.append(self._queue.get_nowait())
+        for job in waiting:
+            if not job.future.done():
+                job.future.set_exception(RuntimeError("server shutting down"))
 
     def close(self) -> None:
         """Release the worker thread (after :meth:`stop`)."""
@@ -164,6 +167,11 @@ class InferenceQueue:
             try:
                 results = await loop.run_in_executor(
                     self._executor, self.predict_batch, [job.image for job in batch])
+            except asyncio.CancelledError:  # stop(): nobody will finish this batch
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(RuntimeError("server shutting down"))
+                raise
             except Exception as e:  # the model's error belongs to these requests, not the worker
                 self.stats.errors += len(batch)
                 for job in batch:

@@ -45,7 +45,9 @@ class VGG16Backbone(nn.Module):
         self._pool3, self._pool4 = 17, 24
         self.fc6 = nn.Conv2d(512, 4096, 7)
         self.fc7 = nn.Conv2d(4096, 4096, 1)
-        self.drop = nn.Dropout2d(dropout)
+        # Element-wise, as Caffe's Dropout layer in the reference nets (Dropout2d would drop
+        # whole fc6/fc7 maps instead).
+        self.drop = nn.Dropout(dropout)
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
