@@ -44,6 +44,8 @@ def test_overrides_do_not_modify_the_input():
     ("data.crop_size=[1, 2, 3]", "data.crop_size"),
     ("train.device=gpu", "train.device"),
     ("output.name=a/b", "output.name"),
+    ("loss.name=hinge", "loss.name"),
+    ("loss.kwargs.gama=2", "loss.kwargs"),
 ])
 def test_bad_values_name_the_dotted_key(override, key):
     with pytest.raises(ConfigError) as e:

@@ -502,6 +502,26 @@ def test_stop_fails_running_and_held_requests_instead_of_leaving_them_waiting():
     asyncio.run(main())
 
 
+def test_stalled_upload_gets_408_instead_of_holding_its_slot():
+    from starlette.requests import Request
+
+    from pixelwise.serve.images import ImageRejected
+    from pixelwise.serve.upload import read_upload
+
+    async def receive():
+        if not sent:
+            sent.append(True)
+            return {"type": "http.request", "body": b"\x89PNG", "more_body": True}
+        await asyncio.sleep(60)  # the client stops sending and never hangs up
+
+    sent: list = []
+    scope = {"type": "http", "method": "POST", "path": "/predict",
+             "headers": [(b"content-type", b"image/png")]}
+    with pytest.raises(ImageRejected) as e:
+        asyncio.run(read_upload(Request(scope, receive), max_bytes=1000, stall_timeout_s=0.2))
+    assert e.value.status == 408 and "stalled" in e.value.message
+
+
 def test_sniff_format():
     assert sniff_format(png_bytes(striped_image())) == "png"
     assert sniff_format(b"\xff\xd8\xff\xe0rest") == "jpeg"

@@ -259,7 +259,21 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
     except ValidationError as e:
         raise ConfigError(_format_errors(e, source)) from None
     _check_model_kwargs(cfg.model, source)
+    _check_loss(cfg.loss, source)
     return cfg
+
+
+def _check_loss(loss: LossConfig, source: str) -> None:
+    # Build the loss once (cheap) so a wrong name or argument fails before any data is read.
+    from .losses import build_loss, list_losses
+
+    if loss.name not in list_losses():
+        raise ConfigError(f"{source}: invalid config: loss.name: unknown loss {loss.name!r}; "
+                          f"available: {', '.join(list_losses())}")
+    try:
+        build_loss(loss.name, **loss.kwargs)
+    except ValueError as e:
+        raise ConfigError(f"{source}: invalid config: loss.kwargs: {e}") from None
 
 
 def _check_model_kwargs(model: ModelConfig, source: str) -> None:

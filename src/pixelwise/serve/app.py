@@ -114,7 +114,8 @@ class _Runtime:
 def create_app(predictor: Any, *, max_upload_bytes: int = 20 * 1024 * 1024,
                max_pixels: int = 4096 * 4096, max_batch: int = 1, max_queue: int = 32,
                batch_wait_s: float = 0.005, request_timeout_s: float = 120.0,
-               overlay_alpha: float = 0.5, model_info: dict[str, Any] | None = None) -> FastAPI:
+               upload_stall_timeout_s: float = 30.0, overlay_alpha: float = 0.5,
+               model_info: dict[str, Any] | None = None) -> FastAPI:
     """Build the FastAPI app that serves ``predictor``.
 
     Args:
@@ -127,6 +128,8 @@ def create_app(predictor: Any, *, max_upload_bytes: int = 20 * 1024 * 1024,
         max_queue: the most requests admitted at once (waiting or being read); more get 503.
         batch_wait_s: how long a partial batch waits for more requests to join.
         request_timeout_s: a request waiting longer for its prediction gets 504.
+        upload_stall_timeout_s: an upload whose body stops arriving for this long gets 408,
+            freeing its admission slot.
         overlay_alpha: the mask's opacity in the JSON answer's overlay PNG.
         model_info: overrides for what ``GET /model`` reports (name, backend, ...).
 
@@ -218,7 +221,8 @@ def create_app(predictor: Any, *, max_upload_bytes: int = 20 * 1024 * 1024,
 
     async def _predict(request: Request, wants_json: bool) -> Response:
         runtime.ensure_started()
-        upload = await read_upload(request, max_bytes=max_upload_bytes)
+        upload = await read_upload(request, max_bytes=max_upload_bytes,
+                                   stall_timeout_s=upload_stall_timeout_s)
         decoded = await runtime.in_thread(decode_image, upload.data, max_pixels=max_pixels,
                                           in_channels=in_channels)
         del upload  # the compressed bytes are not needed past decoding

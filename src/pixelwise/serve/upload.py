@@ -11,6 +11,7 @@ Two request forms are accepted:
 """
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from python_multipart.exceptions import FormParserError
@@ -113,19 +114,22 @@ class _MultipartCollector:
         return self.chosen
 
 
-async def read_upload(request: Request, *, max_bytes: int) -> Upload:
+async def read_upload(request: Request, *, max_bytes: int, stall_timeout_s: float = 30.0) -> Upload:
     """Read the uploaded image from ``request`` (multipart form or raw body).
 
     Args:
         request: the incoming request; its body has not been read yet.
         max_bytes: the largest file accepted, in bytes.
+        stall_timeout_s: the longest wait for the next piece of the body; a client that
+            stops sending mid-upload would otherwise hold its admission slot for ever.
 
     Returns:
         The uploaded file's bytes and the client's hints about it.
 
     Raises:
         ImageRejected: 413 past the byte limit, 415 for a Content-Type that cannot carry an
-            image, 400 for a malformed multipart body or a form without a file.
+            image, 400 for a malformed multipart body or a form without a file, 408 when
+            the body stalls.
     """
     header = request.headers.get("content-type", "")
     media_type, params = parse_options_header(header)
@@ -150,8 +154,15 @@ async def read_upload(request: Request, *, max_bytes: int) -> Upload:
 
     received = 0
     raw = bytearray()
+    chunks = request.stream().__aiter__()
     try:
-        async for chunk in request.stream():
+        while True:
+            try:
+                chunk = await asyncio.wait_for(chunks.__anext__(), stall_timeout_s)
+            except StopAsyncIteration:
+                break
+            except asyncio.TimeoutError:
+                raise ImageRejected(408, f"upload stalled: no data for {stall_timeout_s:g} s") from None
             received += len(chunk)
             if received > limit:
                 raise ImageRejected(413, f"upload too large: more than {max_bytes} bytes")
