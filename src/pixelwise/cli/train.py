@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import click
 
@@ -36,4 +37,5 @@ def command(config: str, overrides: tuple[str, ...], resume: bool, quiet: bool) 
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         logging.getLogger("pixelwise").setLevel(logging.INFO)
     run_dir = train(cfg, resume=resume)
-    click.echo(f"run folder: {run_dir}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one line rather than one per process
+        click.echo(f"run folder: {run_dir}")
