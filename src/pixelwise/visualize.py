@@ -34,6 +34,17 @@ def overlay(image: np.ndarray, mask: np.ndarray, palette: list[tuple[int, int, i
     return (rgb.astype(np.float32) * (1 - alpha) + colours * alpha).round().astype(np.uint8)
 
 
+def palette_image(mask: np.ndarray, palette: list[tuple[int, int, int]]):
+    """``(H, W)`` class indices (0..255) -> a PIL "P" image: pixel values stay the classes and
+    the palette gives their colours (indices past the palette are black)."""
+    from PIL import Image
+
+    img = Image.fromarray(np.asarray(mask).astype(np.uint8), mode="P")
+    flat = [v for colour in palette[:256] for v in colour]
+    img.putpalette(flat + [0] * (768 - len(flat)))
+    return img
+
+
 def to_rgb8(image: np.ndarray) -> np.ndarray:
     """Any ``(H, W)`` or ``(H, W, C)`` image -> ``(H, W, 3)`` uint8 for display."""
     img = np.asarray(image)

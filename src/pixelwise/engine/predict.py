@@ -22,7 +22,7 @@ from ..checkpoint import Checkpoint, load_checkpoint
 from ..errors import DataError
 from ..io import atomic_write, atomic_write_json
 from ..preprocess import to_tensor
-from ..visualize import default_palette, overlay
+from ..visualize import default_palette, overlay, palette_image
 from .tiling import input_size_for, shrinks, sliding_window
 
 BACKENDS = ("torch", "onnxruntime")
@@ -331,9 +331,7 @@ def save_mask_png(path: str | os.PathLike, mask: np.ndarray, palette: list[tuple
     if mask.max(initial=0) > 255:
         im = Image.fromarray(mask.astype(np.uint16))
     else:
-        im = Image.fromarray(mask.astype(np.uint8), mode="L").convert("P")
-        flat = [v for colour in palette[:256] for v in colour]
-        im.putpalette(flat + [0] * (768 - len(flat)))
+        im = palette_image(mask, palette)
     return atomic_write(path, lambda f: im.save(f, format="PNG", pnginfo=info))
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..visualize import default_palette, overlay, to_rgb8
+from ..visualize import default_palette, overlay, palette_image, to_rgb8
 
 # Magic bytes -> (format name, PIL format). Decided from the bytes, never from a client's
 # Content-Type or file name, which are only hints.
@@ -157,9 +157,7 @@ def mask_to_png(mask: np.ndarray, palette: list[tuple[int, int, int]]) -> bytes:
         raise ValueError(f"mask must be (H, W), got shape {mask.shape}")
     if mask.size and (mask.min() < 0 or mask.max() > 255):
         raise ValueError(f"mask values {mask.min()}..{mask.max()} do not fit a palette PNG (0..255)")
-    img = Image.fromarray(mask.astype(np.uint8), mode="P")
-    flat = [v for colour in palette for v in colour]
-    img.putpalette(flat + [0] * (768 - len(flat)))
+    img = palette_image(mask, palette)
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=False, compress_level=6)
     return buf.getvalue()
