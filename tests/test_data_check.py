@@ -26,11 +26,14 @@ def _tree(tmp_path, n=3, size=(8, 10)):
 
 def test_clean_dataset_statistics(tmp_path):
     spec = _tree(tmp_path)
-    spec["splits"]["test"] = {"images": "test/*.png", "masks": "lbl/{stem}.png"}
+    spec["splits"]["test"] = {"images": "test/*.png", "masks": "lbl/{stem}.png", "optional": True}
     assert quick_check(spec, "train") == 3
     report = check_dataset(spec)
     assert report.ok and report.skipped == ["test"]  # absent optional split: not a problem
     assert not check_dataset(spec, splits=["test"]).ok  # unless asked for by name
+    spec["splits"]["test"]["optional"] = False  # a split the spec requires must be here
+    assert check_dataset(spec).problems == [f"{tmp_path}/test/*.png: no images match "
+                                            "(splits.test.images)"]
     st = report.splits["train"]
     assert st.count == 3 and st.sizes == {"8x10": 3}
     # rows 1, 2, 3 of 8 are foreground in images 0, 1, 2

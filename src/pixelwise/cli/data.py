@@ -12,7 +12,7 @@ def command() -> None:
     """Check datasets, compute their statistics, download public archives.
 
     SPEC is a dataset spec YAML file or a preset name (camvid, isbi2012, drive, voc2012,
-    cityscapes, dsb2018) given with --root.
+    voc2007, cityscapes, dsb2018, liver, esophagus, lung_ct, corn) given with --root.
 
     \b
     Example:

@@ -17,7 +17,8 @@ from ..errors import DataError, PixelwiseError
 from ..preprocess import scale_to_unit
 from .dataset import load_sample
 from .readers import image_size
-from .spec import DatasetSpec, Sample, _resolve_split, _under, load_spec, mask_glob
+from .spec import (DatasetSpec, Sample, SplitSpec, _glob_images, _resolve_split, load_spec,
+                   mask_glob, spec_path)
 
 
 def _base_split(spec: DatasetSpec, split: str) -> str:
@@ -106,6 +107,10 @@ def quick_check(spec: DatasetSpec | dict | str, split: str) -> int:
     """
     spec = load_spec(spec)
     samples, problems, _ = _split_problems(spec, split)
+    if not samples and split in spec.split_names:
+        empty = nothing_found(spec)
+        if empty is not None:
+            raise DataError(empty)
     if problems:
         raise DataError(f"{len(problems)} problem(s) in split {split!r} of dataset "
                         f"{spec.name!r}:\n" + "\n".join(f"  - {p}" for p in problems))
@@ -210,8 +215,13 @@ def check_dataset(spec: DatasetSpec | dict | str, splits: list[str] | None = Non
     problems: list[str] = []
     stats = {}
     skipped = []
+    empty = nothing_found(spec)
+    if empty is not None:
+        return DataReport(name=spec.name, class_names=list(spec.class_names), splits={},
+                          problems=[empty])
     for split in splits or spec.split_names:
-        if not splits and _absent(spec, split):
+        base = spec.splits[_base_split(spec, split)] if split in spec.split_names else None
+        if not splits and base is not None and base.optional and _absent(spec, base):
             # A preset's optional split (CamVid's test) that this copy does not have is not a
             # problem unless it was asked for by name.
             skipped.append(split)
@@ -226,15 +236,29 @@ def check_dataset(spec: DatasetSpec | dict | str, splits: list[str] | None = Non
                       problems=list(dict.fromkeys(problems)), skipped=skipped)
 
 
-def _absent(spec: DatasetSpec, split: str) -> bool:
+def _absent(spec: DatasetSpec, s: SplitSpec) -> bool:
     """True when a split has no files at all here (no image matches, no list file)."""
-    import glob
-
-    s = spec.splits[_base_split(spec, split)]
     if s.id_list is None:
-        return not glob.glob(str(_under(spec.root, s.images)), recursive=True)
+        return not _glob_images(spec, s)
     lists = [s.id_list] if isinstance(s.id_list, str) else s.id_list
-    return not any(_under(spec.root, name).is_file() for name in lists)
+    return not any(spec_path(spec.root, name).is_file() for name in lists)
+
+
+def _tried(spec: DatasetSpec, s: SplitSpec) -> str:
+    if s.id_list is None:
+        return str(spec_path(spec.root, s.images))
+    lists = [s.id_list] if isinstance(s.id_list, str) else s.id_list
+    return " or ".join(f"list {spec_path(spec.root, name)}" for name in lists)
+
+
+def nothing_found(spec: DatasetSpec) -> str | None:
+    """The error for a spec that matches no image in any split, naming the globs and lists
+    tried (usually a wrong ``root``); None when some split has files."""
+    if not all(_absent(spec, s) for s in spec.splits.values()):
+        return None
+    tried = "; ".join(f"{name}: {_tried(spec, s)}" for name, s in spec.splits.items())
+    return (f"dataset {spec.name!r}: no image matches any split under {spec.root} "
+            f"(is the root right?); tried {tried}")
 
 
 def format_report(report: DataReport) -> str:

@@ -15,7 +15,8 @@ encoding), and the classes, normalisation and palette. Example (CamVid)::
       train: {images: "train/*.png", masks: "trainannot/{name}"}
       val:   {images: "val/*.png",   masks: "valannot/{name}"}
 
-Path templates are relative to ``root`` and may use ``{id}``, ``{stem}`` (file name without
+Paths and path templates (``images``, ``list``, ``masks``, ``valid``) are relative to ``root``
+unless absolute (then taken as given), and may use ``{id}``, ``{stem}`` (file name without
 suffix), ``{name}`` (file name) and ``{parent}`` (the image's folder name). ``{id}`` is the
 stem unless ``id_from`` gives a pattern for the image file name, e.g. ``"{id}_training.tif"``
 (DRIVE: ``21_training.tif -> 21``, mask ``"1st_manual/{id}_manual1.gif"``).
@@ -33,10 +34,17 @@ Mask encodings (``mask.encoding``):
 
 An optional ``valid`` template per split names a region mask (non-zero = inside); pixels
 outside become ``ignore_index`` (DRIVE's field of view).
+
+A mask stored beside its image (liver: ``train/000.png`` and ``train/000_mask.png``) is
+``images: "train/*.png"``, ``masks: "train/{stem}_mask.png"``: a file that the image glob
+matches and that is the mask of another matched image is not an image. ``exclude`` (file-name
+globs) leaves out other files. A split marked ``optional: true`` (a preset's test split) may be
+absent from a copy of the data; every other split must have files.
 """
 from __future__ import annotations
 
 import copy
+import fnmatch
 import glob
 import os
 import re
@@ -51,6 +59,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_valid
                       model_validator)
 
 from ..errors import ConfigError, DataError
+from .encoding import encode_mask  # noqa: F401  (re-exported: the spec's mask encoding)
 from .readers import DEFAULT_MAX_PIXELS
 
 PRESET_DIR = Path(__file__).with_name("presets")
@@ -95,6 +104,8 @@ class SplitSpec(BaseModel):
     id_from: str | None = None
     masks: str | None = None
     valid: str | None = None
+    exclude: list[str] = Field(default_factory=list)
+    optional: bool = False
 
     @field_validator("images", "masks", "valid", "id_from")
     @classmethod
@@ -239,33 +250,50 @@ def _fill(template: str, fields: dict[str, str], key: str) -> str:
 
 
 def _under(root: Path, rel: str) -> Path:
+    """A path written inside a split list file: a leading "/" still means the root (VOC's
+    train_aug lists write ``/JPEGImages/x.jpg``)."""
     return root / rel.lstrip("/")
+
+
+def spec_path(root: Path, rel: str) -> Path:
+    """A path written in the spec: absolute as given (``~`` expanded), else under ``root``."""
+    return root / Path(rel).expanduser()
+
+
+def _glob_images(spec: DatasetSpec, s: SplitSpec) -> list[Path]:
+    return sorted(p for p in (Path(f) for f in glob.glob(str(spec_path(spec.root, s.images)),
+                                                          recursive=True))
+                  if p.is_file() and not any(fnmatch.fnmatch(p.name, x) for x in s.exclude))
+
+
+def _list_pairs(spec: DatasetSpec, s: SplitSpec, key: str) -> list[tuple[Path, Path | None]]:
+    pairs: list[tuple[Path, Path | None]] = []
+    for list_file in [s.id_list] if isinstance(s.id_list, str) else s.id_list:
+        path = spec_path(spec.root, list_file)
+        if not path.is_file():
+            raise DataError(f"{path}: split list not found ({key}.list)")
+        for line in path.read_text().splitlines():
+            tokens = line.split()
+            if not tokens or tokens[0].startswith("#"):
+                continue
+            if len(tokens) >= 2:  # "image mask" pairs, as in VOC's train_aug lists
+                pairs.append((_under(spec.root, tokens[0]), _under(spec.root, tokens[1])))
+            else:
+                rel = _fill(s.images, {"id": tokens[0]}, f"{key}.images")
+                pairs.append((spec_path(spec.root, rel), None))
+    return pairs
 
 
 def _resolve_split(spec: DatasetSpec, split: str) -> list[Sample]:
     s = spec.splits[split]
     key = f"splits.{split}"
-    pairs: list[tuple[Path, Path | None]] = []  # image, explicit mask
     if s.id_list is None:
-        images = sorted(Path(p) for p in glob.glob(str(_under(spec.root, s.images)), recursive=True)
-                        if os.path.isfile(p))
+        images = _glob_images(spec, s)
         if not images:
-            raise DataError(f"{_under(spec.root, s.images)}: no images match ({key}.images)")
-        pairs = [(p, None) for p in images]
+            raise DataError(f"{spec_path(spec.root, s.images)}: no images match ({key}.images)")
+        pairs: list[tuple[Path, Path | None]] = [(p, None) for p in images]
     else:
-        for list_file in [s.id_list] if isinstance(s.id_list, str) else s.id_list:
-            path = _under(spec.root, list_file)
-            if not path.is_file():
-                raise DataError(f"{path}: split list not found ({key}.list)")
-            for line in path.read_text().splitlines():
-                tokens = line.split()
-                if not tokens or tokens[0].startswith("#"):
-                    continue
-                if len(tokens) >= 2:  # "image mask" pairs, as in VOC's train_aug lists
-                    pairs.append((_under(spec.root, tokens[0]), _under(spec.root, tokens[1])))
-                else:
-                    rel = _fill(s.images, {"id": tokens[0]}, f"{key}.images")
-                    pairs.append((_under(spec.root, rel), None))
+        pairs = _list_pairs(spec, s, key)
     id_re = _id_regex(s.id_from) if s.id_from else None
     samples = []
     for image, explicit_mask in pairs:
@@ -281,11 +309,14 @@ def _resolve_split(spec: DatasetSpec, split: str) -> list[Sample]:
         if mask is None and s.masks is not None:
             rel = _fill(s.masks, fields, f"{key}.masks")
             if spec.mask.encoding == "instances" and _GLOB_CHARS.search(rel):
-                mask = tuple(sorted(Path(p) for p in glob.glob(str(_under(spec.root, rel)))))
+                mask = tuple(sorted(Path(p) for p in glob.glob(str(spec_path(spec.root, rel)))))
             else:
-                mask = _under(spec.root, rel)
-        valid = _under(spec.root, _fill(s.valid, fields, f"{key}.valid")) if s.valid else None
+                mask = spec_path(spec.root, rel)
+        valid = spec_path(spec.root, _fill(s.valid, fields, f"{key}.valid")) if s.valid else None
         samples.append(Sample(id=sample_id, image=image, mask=mask, valid=valid))
+    if s.id_list is None:  # masks beside their images: the glob found them too
+        masks = {x.mask for x in samples if isinstance(x.mask, Path)}
+        samples = [x for x in samples if x.image not in masks]
     return samples
 
 
@@ -295,92 +326,7 @@ def mask_glob(spec: DatasetSpec, split: str) -> str | None:
     if s is None or s.masks is None or s.id_list is not None:
         return None
     pattern = re.sub(r"\{(id|stem|name|parent)\}", "*", s.masks)
-    return str(_under(spec.root, pattern))
-
-
-# ---------------------------------------------------------------------------------------------
-# Mask encoding
-
-def _as_single_band(raw: np.ndarray, path: Path) -> np.ndarray:
-    if raw.ndim == 2:
-        return raw
-    if (raw == raw[..., :1]).all():  # an RGB file holding a greyscale mask
-        return raw[..., 0]
-    raise DataError(f"{path}: colour mask, but mask.encoding is not 'rgb'")
-
-
-def _bad_values(path: Path, values: np.ndarray, what: str) -> DataError:
-    shown = ", ".join(str(v) for v in values[:10]) + (" ..." if len(values) > 10 else "")
-    return DataError(f"{path}: label values not in the spec: {shown} ({what})")
-
-
-def encode_mask(raw: np.ndarray, spec: DatasetSpec, path: str | os.PathLike) -> np.ndarray:
-    """Raw mask values -> ``(H, W)`` int64 class indices with ``ignore_index`` where ignored.
-
-    Args:
-        raw: ``(H, W)`` or ``(H, W, 3)`` mask as read by :func:`~pixelwise.data.read_mask`.
-        spec: the dataset spec (its ``mask`` section, classes and ignore index).
-        path: the file, named in errors.
-
-    Raises:
-        DataError: values (or colours) that the spec does not know.
-    """
-    path = Path(path)
-    m, ignore, n = spec.mask, spec.ignore_index, spec.num_classes
-    if m.encoding == "threshold":
-        band = raw.max(axis=-1) if raw.ndim == 3 else raw
-        return (band >= m.threshold).astype(np.int64) * m.instance_class
-    if m.encoding == "instances":
-        band = raw.max(axis=-1) if raw.ndim == 3 else raw
-        return (band > 0).astype(np.int64) * m.instance_class
-    if m.encoding == "rgb":
-        return _encode_rgb(raw, spec, path)
-    band = _as_single_band(raw, path)
-    if not np.issubdtype(band.dtype, np.integer):
-        if not np.array_equal(band, np.round(band)):
-            raise DataError(f"{path}: mask has non-integer values; use mask.encoding threshold")
-        band = band.astype(np.int64)
-    values = np.unique(band)
-    if values.size and values[0] < 0:
-        raise _bad_values(path, values[values < 0], "negative")
-    lut = np.full(int(values[-1]) + 1 if values.size else 1, -1, dtype=np.int64)
-    if m.encoding == "indices":
-        lut[: min(n, lut.size)] = np.arange(min(n, lut.size))
-    else:
-        for raw_value, cls in m.value_map.items():
-            if 0 <= raw_value < lut.size:
-                lut[raw_value] = cls
-    # Raw values equal to ignore_index stay ignored unless the value map names them (ISBI's
-    # 255 is a class); explicit ignore_values always win.
-    passthrough = [] if m.value_map is not None and ignore in m.value_map else [ignore]
-    for v in [*passthrough, *m.ignore_values]:
-        if 0 <= v < lut.size:
-            lut[v] = ignore
-    unknown = values[lut[values] < 0]
-    if unknown.size:
-        if m.unmapped == "error":
-            raise _bad_values(path, unknown, f"encoding {m.encoding}, {n} classes, "
-                                             f"ignore_index {ignore}")
-        lut[lut < 0] = ignore
-    return lut[band]
-
-
-def _encode_rgb(raw: np.ndarray, spec: DatasetSpec, path: Path) -> np.ndarray:
-    if raw.ndim != 3 or raw.shape[-1] != 3:
-        raise DataError(f"{path}: mask.encoding is 'rgb' but the mask is not an RGB image")
-    m = spec.mask
-    code = (raw[..., 0].astype(np.int64) << 16) | (raw[..., 1].astype(np.int64) << 8) | raw[..., 2]
-    table = {(r << 16) | (g << 8) | b: i for i, (r, g, b) in enumerate(m.colors)}
-    table.update({(r << 16) | (g << 8) | b: spec.ignore_index for r, g, b in m.ignore_colors})
-    values, inverse = np.unique(code, return_inverse=True)
-    mapped = np.array([table.get(int(v), -1) for v in values], dtype=np.int64)
-    unknown = values[mapped < 0]
-    if unknown.size:
-        if m.unmapped == "error":
-            colours = np.stack([unknown >> 16, (unknown >> 8) & 255, unknown & 255], axis=1)
-            raise _bad_values(path, [tuple(int(x) for x in c) for c in colours], "colours")
-        mapped[mapped < 0] = spec.ignore_index
-    return mapped[inverse].reshape(code.shape)
+    return str(spec_path(spec.root, pattern))
 
 
 # ---------------------------------------------------------------------------------------------
