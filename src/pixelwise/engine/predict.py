@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoint import Checkpoint, load_checkpoint
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..io import atomic_write, atomic_write_json
+from ..models.probe import meta_model, min_input_size
 from ..preprocess import to_tensor
 from ..visualize import default_palette, overlay, palette_image
 from .tiling import input_size_for, shrinks, sliding_window
@@ -55,7 +56,7 @@ class Predictor:
         overlap: tile overlap fraction.
         tta: average over horizontal and vertical flips.
         threshold: foreground probability threshold of a binary (one-logit) model.
-        device: torch device for the torch backend.
+        device: torch device for the torch backend (``"auto"``: CUDA when available).
         scales: test-time scales (e.g. ``(0.75, 1.0, 1.25)``), averaged with the flips.
         batch_size: tiles per forward pass.
         optimize: fold BatchNorm and use channels_last (torch backend; same results up to
@@ -84,7 +85,13 @@ class Predictor:
         self.flips = FLIPS if tta else ((),)
         self.scales = tuple(float(s) for s in scales)
         self.batch_size, self.progress = batch_size, progress
-        self.device = torch.device(device)
+        from .distributed import resolve_device
+        from .preflight import device_problem
+
+        problem = device_problem(device)
+        if problem is not None:
+            raise ConfigError(f"device: {problem}")
+        self.device = resolve_device(str(device))
         self._session = None
         if not isinstance(checkpoint, Checkpoint) and Path(checkpoint).suffix == ".onnx":
             self._init_onnx_file(Path(checkpoint), threads)
@@ -93,6 +100,25 @@ class Predictor:
             self._init_checkpoint(ckpt, backend, optimize, compile, threads)
         self.shrinks = shrinks(self.shape_model)
         self.backend = "torch" if self._session is None else "onnxruntime"
+        self.min_input_size = self._check_tile_size()
+
+    def _check_tile_size(self) -> int:
+        """The smallest side the model takes (from its shapes on the meta device); refuses a
+        tile size no tile of which it could take."""
+        name = self.meta["model_name"]
+        minimum = min_input_size(meta_model(name, self.meta.get("model_kwargs", {})),
+                                 self.in_channels)
+        if self.tile_size is None:
+            return minimum
+        if self.shrinks:
+            try:
+                self._valid_tile(self.tile_size)
+            except ValueError as e:
+                raise ConfigError(f"tile_size: {e}") from None
+        elif self.tile_size < minimum:
+            raise ConfigError(f"tile_size: {self.tile_size} is too small for {name}: each side "
+                              f"needs at least {minimum} pixels")
+        return minimum
 
     # -- construction ------------------------------------------------------------------
 
@@ -171,7 +197,16 @@ class Predictor:
     # -- inference ----------------------------------------------------------------------
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw model output for a normalised batch ``(N, C, h, w)`` (on the CPU)."""
+        """Raw model output for a normalised batch ``(N, C, h, w)`` (on the CPU).
+
+        Raises:
+            ValueError: a side is under the model's smallest input (checked here for every
+                backend: an exported graph has lost the model's own check).
+        """
+        height, width = x.shape[-2:]
+        if min(height, width) < self.min_input_size:
+            raise ValueError(f"input {height}x{width} is too small for {self.meta['model_name']}:"
+                             f" each side needs at least {self.min_input_size} pixels")
         if self._session is not None:
             name = self._session.get_inputs()[0].name
             out = self._session.run(None, {name: x.detach().cpu().numpy()})[0]
