@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from ..errors import PixelwiseError
+
 RASTER_PIXELS = 2**26  # TIFFs above this (about 8,000 x 8,000) are predicted block by block
 
 
@@ -73,7 +75,12 @@ class _Bars:
               show_default=True, help="float32 .npy, or 16-bit TIFF (probability x 65535).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
               help="Tiles per forward pass.")
-@click.option("--device", default="cpu", show_default=True, help="Torch device.")
+@click.option("--frames-per-batch", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Video frames per forward pass.")
+@click.option("--mask-video", is_flag=True,
+              help="Also write NAME_mask.mkv for videos (lossless class colours).")
+@click.option("--device", default="auto", show_default=True,
+              help="Torch device; auto = cuda:LOCAL_RANK when CUDA is available, else cpu.")
 @click.option("--optimize/--no-optimize", default=True, show_default=True,
               help="Fold BatchNorm and use channels_last (same results, faster on CPU).")
 @click.option("--raster", is_flag=True,
@@ -81,48 +88,94 @@ class _Bars:
                    "TIFFs over 64 Mpixel); GeoTIFF georeferencing is kept.")
 @click.option("--block-size", type=click.IntRange(min=64), default=1024, show_default=True,
               help="Block side for --raster.")
+@click.option("--skip-existing", is_flag=True,
+              help="Leave inputs whose outputs are all there (resume a killed job).")
+@click.option("--fail-fast", is_flag=True,
+              help="Stop at the first input that cannot be read (default: list it, go on, "
+                   "exit 1 at the end).")
 @click.option("--progress/--no-progress", default=True, show_default=True,
-              help="Show progress bars (stderr).")
+              help="Show progress bars (stderr; rank 0 only under torchrun).")
 def command(inputs, checkpoint, output, tile_size, overlap, tta, scales, threshold, backend,
-            probs, probs_format, batch_size, device, optimize, raster, block_size,
-            progress) -> None:
-    """Predict class masks for images, folders and glob patterns.
+            probs, probs_format, batch_size, frames_per_batch, mask_video, device, optimize,
+            raster, block_size, skip_existing, fail_fast, progress) -> None:
+    """Predict class masks for images, videos, folders and glob patterns.
 
     Writes per image NAME_mask.png (palette PNG of class indices, class names in a text
-    chunk), NAME_overlay.png, optionally NAME_probs.npy, and summary.json with class areas.
-    Large TIFF scenes become NAME_mask.tif (tiled, georeferenced like the input).
+    chunk), NAME_overlay.png, optionally NAME_probs.npy, and summary.json with class areas and
+    every input that could not be read. Large TIFF scenes become NAME_mask.tif (tiled,
+    georeferenced like the input). A video (.mp4, .avi, .mov, .mkv, .webm) becomes
+    NAME_overlay.mp4 (same frame count and rate), NAME_areas.csv (class pixels per frame)
+    and, with --mask-video, NAME_mask.mkv; it needs the `video` extra (PyAV).
+
+    Under torchrun each process predicts its share of the inputs on its own device, all into
+    the output folder; rank 0 writes summary.json.
 
     \b
     Example:
       pixelwise predict --checkpoint runs/camvid/checkpoints/best.pt \\
           data/street/*.png --output predictions --tile-size 512 --tta
+      torchrun --nproc_per_node 4 --no-python pixelwise predict -c best.pt scans/ -o preds \\
+          --skip-existing
     """
-    from ..data import image_size
-    from ..engine.predict import Predictor, collect_inputs, predict_paths
-    from ..engine.raster import predict_raster
+    from ..engine.batch import (OutputOptions, gather, join_group, leave_group, plan_jobs,
+                                run_jobs, shard, write_summary)
+    from ..engine.distributed import resolve_device
+    from ..engine.predict import IMAGE_SUFFIXES, Predictor, collect_inputs
+    from ..engine.video import VIDEO_SUFFIXES
 
-    bars = _Bars(progress)
+    group = join_group()
+    bars = _Bars(progress and group.rank == 0)
     try:
         predictor = Predictor(checkpoint, backend=backend, tile_size=tile_size, overlap=overlap,
-                              tta=tta, threshold=threshold, device=device, scales=scales,
-                              batch_size=batch_size, optimize=optimize,
-                              progress=bars.tile_done)
-        paths = collect_inputs(inputs)
-        rasters = [p for p in paths if p.suffix.lower() in (".tif", ".tiff")
-                   and (raster or _pixels(image_size, p) > RASTER_PIXELS)]
-        images = [p for p in paths if p not in rasters]
+                              tta=tta, threshold=threshold, scales=scales,
+                              device=resolve_device(device, group.local_rank),
+                              batch_size=batch_size, optimize=optimize, progress=bars.tile_done)
+        paths = collect_inputs(inputs, suffixes=IMAGE_SUFFIXES + VIDEO_SUFFIXES)
+        jobs = plan_jobs(paths, [_kind(p, raster) for p in paths])
+        opts = OutputOptions(save_probs=probs, probs_format=probs_format,
+                             mask_video=mask_video, frames_per_batch=frames_per_batch,
+                             block_size=block_size)
         out = Path(output)
-        if images:
-            summary = predict_paths(predictor, images, out, save_probs=probs,
-                                    probs_format=probs_format, progress=bars.image_done)
-        for path in rasters:
-            predict_raster(predictor, path, out / f"{path.stem}_mask.tif", block_size=block_size)
+        results = run_jobs(predictor, shard(jobs, group.rank, group.world_size), out, opts,
+                           skip_existing=skip_existing, fail_fast=fail_fast,
+                           on_failure=lambda path, msg: click.echo(f"error: {msg}", err=True),
+                           progress=bars.image_done)
+        results = gather(results, group)
     finally:
         bars.close()
-    if images:
-        click.echo(f"{len(summary['images'])} image(s) -> {out} (summary.json)")
-    for path in rasters:
-        click.echo(f"{path} -> {out / (path.stem + '_mask.tif')}")
+        leave_group(group)
+    _report(group.rank, results, write_summary(predictor, results, out) if group.rank == 0
+            else None, out)
+
+
+def _report(rank: int, results, summary, out: Path) -> None:
+    from ..errors import DataError
+
+    if summary is not None:
+        counts = ", ".join(f"{len(summary[k])} {k}" for k in ("images", "videos", "rasters")
+                           if summary[k])
+        click.echo(f"{counts or 'nothing'} -> {out} (summary.json)")
+    if results.failed:
+        if rank != 0:  # rank 0 says it once for the whole job
+            raise click.exceptions.Exit(1)
+        raise DataError(f"{len(results.failed)} input(s) could not be predicted "
+                        f"(listed in {out / 'summary.json'} under 'failed')")
+
+
+def _kind(path: Path, raster: bool) -> str:
+    from ..data import image_size
+    from ..engine.video import VIDEO_SUFFIXES
+
+    suffix = path.suffix.lower()
+    if suffix in VIDEO_SUFFIXES:
+        return "video"
+    if suffix in (".tif", ".tiff"):
+        try:
+            if raster or _pixels(image_size, path) > RASTER_PIXELS:
+                return "raster"
+        except PixelwiseError:
+            pass  # an unreadable TIFF: reported with the images
+    return "image"
 
 
 def _pixels(image_size, path: Path) -> int:

@@ -314,8 +314,10 @@ class Predictor:
 
 # -- files ---------------------------------------------------------------------------------
 
-def collect_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
-    """Expand files, folders (their images, sorted) and glob patterns into image paths.
+def collect_inputs(inputs: Iterable[str | os.PathLike],
+                   suffixes: Sequence[str] = IMAGE_SUFFIXES) -> list[Path]:
+    """Expand files, folders (their images, sorted) and glob patterns into image paths
+    (``suffixes``: the file endings that folders and globs contribute).
 
     Raises:
         DataError: an input that is no file, no folder and matches nothing, or a folder
@@ -326,16 +328,16 @@ def collect_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
         path = Path(item)
         if path.is_dir():
             found = sorted(p for p in path.iterdir()
-                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+                           if p.is_file() and p.suffix.lower() in suffixes)
             if not found:
                 raise DataError(f"{path}: folder holds no images "
-                                f"({', '.join(IMAGE_SUFFIXES)})")
+                                f"({', '.join(suffixes)})")
             paths.extend(found)
         elif path.is_file():
             paths.append(path)
         else:
             matches = sorted(Path(p) for p in glob.glob(str(item), recursive=True))
-            matches = [p for p in matches if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+            matches = [p for p in matches if p.is_file() and p.suffix.lower() in suffixes]
             if not matches:
                 raise DataError(f"{item}: no such file or folder, and no images match it")
             paths.extend(matches)
@@ -391,16 +393,46 @@ def class_areas(mask: np.ndarray, class_names: list[str]) -> dict[str, dict[str,
             for i, name in enumerate(class_names)}
 
 
+def predict_image_file(predictor: Predictor, path: Path, out: Path, stem: str,
+                       save_probs: bool = False, probs_format: str = "npy",
+                       overlay_alpha: float = 0.5) -> dict[str, Any]:
+    """Predict one image file and write ``<stem>_mask.png``, ``<stem>_overlay.png`` (and the
+    probabilities); returns its ``summary.json`` entry.
+
+    Raises:
+        DataError: an unreadable file, or one the model cannot take (named).
+    """
+    image = _read_image(path)
+    try:
+        pred = predictor.predict(image)
+    except ValueError as e:  # e.g. a channel count the model does not take
+        raise DataError(f"{path}: {e}") from e
+    names, palette = predictor.class_names, predictor.palette
+    entry = {"input": str(path), "height": int(pred.mask.shape[0]),
+             "width": int(pred.mask.shape[1]),
+             "mask": save_mask_png(out / f"{stem}_mask.png", pred.mask, palette, names).name}
+    rgb = overlay(image, pred.mask, palette, overlay_alpha)
+    entry["overlay"] = _save_png(out / f"{stem}_overlay.png", rgb).name
+    if save_probs:
+        suffix = "npy" if probs_format == "npy" else "tif"
+        entry["probs"] = _save_probs(out / f"{stem}_probs.{suffix}", pred.probs,
+                                     probs_format).name
+    entry["classes"] = class_areas(pred.mask, names)
+    return entry
+
+
 def predict_paths(predictor: Predictor, inputs: Iterable[str | os.PathLike],
                   output_dir: str | os.PathLike, save_probs: bool = False,
                   probs_format: str = "npy", overlay_alpha: float = 0.5,
-                  progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+                  progress: Callable[[int, int], None] | None = None,
+                  skip_existing: bool = False, fail_fast: bool = False) -> dict[str, Any]:
     """Predict every image among ``inputs`` and write the results to ``output_dir``.
 
     Per image ``<stem>``: ``<stem>_mask.png`` (palette PNG of class indices),
     ``<stem>_overlay.png`` (colours over the image) and, with ``save_probs``,
     ``<stem>_probs.npy`` (float32 ``(K, H, W)``) or ``<stem>_probs.tif`` (uint16, probability
-    x 65535). ``summary.json`` lists every image with its class areas, and the totals.
+    x 65535). ``summary.json`` lists every image with its class areas, the totals, and under
+    ``failed`` each input that could not be predicted with the reason.
 
     Args:
         predictor: a :class:`Predictor`.
@@ -410,55 +442,22 @@ def predict_paths(predictor: Predictor, inputs: Iterable[str | os.PathLike],
         probs_format: ``"npy"`` or ``"tiff16"``.
         overlay_alpha: opacity of the mask colours in the overlay.
         progress: called as ``progress(done_images, total_images)``.
+        skip_existing: keep the outputs of images predicted before (summary from their masks).
+        fail_fast: raise at the first unreadable input instead of going on.
 
     Returns:
         The summary dict (also written as ``summary.json``).
     """
+    from .batch import OutputOptions, plan_jobs, run_jobs, write_summary
+
     if probs_format not in ("npy", "tiff16"):
         raise ValueError(f"probs_format must be 'npy' or 'tiff16', got {probs_format!r}")
-    paths = collect_inputs(inputs)
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    names, palette = predictor.class_names, predictor.palette
-    totals = np.zeros(len(names), dtype=np.int64)
-    stems: set[str] = set()
-    images = []
-    for done, path in enumerate(paths, start=1):
-        image = _read_image(path)
-        try:
-            pred = predictor.predict(image)
-        except ValueError as e:  # e.g. a channel count the model does not take
-            raise DataError(f"{path}: {e}") from e
-        stem = path.stem
-        k = 2
-        while stem in stems:  # same file name in two folders
-            stem, k = f"{path.stem}_{k}", k + 1
-        stems.add(stem)
-        entry = {"input": str(path), "height": int(pred.mask.shape[0]),
-                 "width": int(pred.mask.shape[1]),
-                 "mask": save_mask_png(out / f"{stem}_mask.png", pred.mask, palette, names).name}
-        rgb = overlay(image, pred.mask, palette, overlay_alpha)
-        entry["overlay"] = _save_png(out / f"{stem}_overlay.png", rgb).name
-        if save_probs:
-            suffix = "npy" if probs_format == "npy" else "tif"
-            entry["probs"] = _save_probs(out / f"{stem}_probs.{suffix}", pred.probs,
-                                         probs_format).name
-        entry["classes"] = class_areas(pred.mask, names)
-        totals += np.bincount(pred.mask.ravel().astype(np.int64), minlength=len(names))[:len(names)]
-        images.append(entry)
-        if progress is not None:
-            progress(done, len(paths))
-    pixels = max(int(totals.sum()), 1)
-    summary = {
-        "class_names": names,
-        "palette": [list(c) for c in palette],
-        "threshold": predictor.threshold if predictor.binary else None,
-        "images": images,
-        "total": {name: {"pixels": int(totals[i]), "fraction": float(totals[i]) / pixels}
-                  for i, name in enumerate(names)},
-    }
-    atomic_write_json(out / "summary.json", summary)
-    return summary
+    opts = OutputOptions(save_probs=save_probs, probs_format=probs_format,
+                         overlay_alpha=overlay_alpha)
+    results = run_jobs(predictor, plan_jobs(collect_inputs(inputs)), out, opts,
+                       skip_existing=skip_existing, fail_fast=fail_fast, progress=progress)
+    return write_summary(predictor, results, out)
 
 
 def _save_png(path: Path, rgb: np.ndarray) -> Path:
