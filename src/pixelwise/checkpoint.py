@@ -17,7 +17,9 @@ A checkpoint is a plain dict (loadable with ``torch.load(weights_only=True)``)::
 """
 from __future__ import annotations
 
+import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ import torch.nn as nn
 
 from .errors import CheckpointError
 from .io import atomic_torch_save
+from .models.probe import meta_forward, meta_model, min_input_size
 from .models.registry import build_model
 
 FORMAT = "pixelwise-checkpoint"
@@ -108,13 +111,95 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for corrupt or foreign files
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+        raise CheckpointError(f"{path}: {_load_failure(e)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a pixelwise checkpoint (no 'format': '{FORMAT}')")
     if ckpt.get("version", 0) > VERSION:
         raise CheckpointError(f"{path}: checkpoint version {ckpt['version']} is newer than this "
                               f"pixelwise understands ({VERSION}); upgrade pixelwise")
+    _check_fields(ckpt, path)
     return ckpt
+
+
+def _load_failure(error: Exception) -> str:
+    """What a file refused by ``torch.load(weights_only=True)`` is not, in one line.
+
+    PyTorch's own message advises retrying with ``weights_only=False``: for a file from an
+    unknown source that would run its code, so that advice is never passed on.
+    """
+    text = str(error)
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
+        return (f"not a pixelwise checkpoint: it holds a Python object ({found.group(1)}) "
+                f"that no checkpoint contains; such files are refused unread (no code runs)")
+    if "Weights only load failed" in text:
+        return "not a readable checkpoint (not a PyTorch file, or a damaged one)"
+    first = text.strip().splitlines()[0][:200] if text.strip() else ""
+    return f"not a readable checkpoint ({type(error).__name__}: {first})"
+
+
+def _check_fields(ckpt: dict, path: Path) -> None:
+    """The checkpoint's fields have the types the module docstring gives."""
+    model, norm = ckpt.get("model"), ckpt.get("normalization")
+    names, palette = ckpt.get("class_names"), ckpt.get("palette")
+    problems = [
+        (isinstance(model, dict) and isinstance(model.get("name"), str)
+         and isinstance(model.get("kwargs"), dict), "'model' must give a name and kwargs"),
+        (isinstance(names, list) and names and all(isinstance(n, str) for n in names),
+         "'class_names' must be a non-empty list of names"),
+        (isinstance(norm, dict) and _numbers(norm.get("mean")) and _numbers(norm.get("std"))
+         and len(norm["mean"]) == len(norm["std"]) and all(v > 0 for v in norm["std"]),
+         "'normalization' must give mean and std of one length, std > 0"),
+        (isinstance(ckpt.get("state_dict"), dict), "'state_dict' must be a mapping"),
+        (palette is None or (isinstance(palette, list) and all(
+            isinstance(c, (list, tuple)) and len(c) == 3 and _numbers(c) for c in palette)),
+         "'palette' must be a list of [r, g, b]"),
+        (isinstance(ckpt.get("ignore_index", 255), int), "'ignore_index' must be an integer"),
+    ]
+    for ok, message in problems:
+        if not ok:
+            raise CheckpointError(f"{path}: malformed checkpoint: {message}")
+
+
+def _numbers(values: object) -> bool:
+    return isinstance(values, (list, tuple)) and bool(values) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        for v in values)
+
+
+def state_dict_mismatch(model: nn.Module, state: dict) -> str | None:
+    """A few words on how ``state`` differs from ``model``'s own keys and shapes (counts and
+    the first keys of each kind), or None when it matches."""
+    own = model.state_dict()
+    kinds = {
+        "missing": [k for k in own if k not in state],
+        "unexpected": [k for k in state if k not in own],
+        "with another shape": [k for k in own if k in state
+                               and tuple(getattr(state[k], "shape", ())) != tuple(own[k].shape)],
+    }
+    parts = [f"{len(keys)} key(s) {kind} ({', '.join(map(str, keys[:3]))}"
+             f"{', ...' if len(keys) > 3 else ''})" for kind, keys in kinds.items() if keys]
+    return "; ".join(parts) or None
+
+
+def check_against_model(ckpt: dict, path: Path) -> None:
+    """The metadata agrees with the architecture: channels, and one name per output.
+
+    The model is rebuilt on the meta device, so this costs shapes only. A one-output (sigmoid)
+    model takes one or two class names (background, foreground).
+    """
+    name, kwargs = ckpt["model"]["name"], ckpt["model"]["kwargs"]
+    channels, names = len(ckpt["normalization"]["mean"]), ckpt["class_names"]
+    try:
+        net = meta_model(name, kwargs)
+        size = min_input_size(net, channels)
+        outputs = meta_forward(net, channels, size, size)[1]
+    except (ValueError, RuntimeError, TypeError) as e:
+        raise CheckpointError(f"{path}: model {name!r} does not take the {channels}-channel "
+                              f"images its normalization describes ({str(e)[:200]})") from None
+    if outputs != len(names) and not (outputs == 1 and len(names) <= 2):
+        raise CheckpointError(f"{path}: {len(names)} class name(s) ({', '.join(names)}) for a "
+                              f"model with {outputs} outputs; the metadata contradicts the weights")
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:
@@ -125,11 +210,19 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """
     ckpt = read_checkpoint(path, map_location)
     name, kwargs = ckpt["model"]["name"], ckpt["model"]["kwargs"]
+    check_against_model(ckpt, Path(path))
     try:
         model = build_model(name, **kwargs)
+    except (ValueError, RuntimeError, TypeError) as e:
+        raise CheckpointError(f"{path}: cannot rebuild model {name!r}: {e}") from None
+    mismatch = state_dict_mismatch(model, ckpt["state_dict"])
+    if mismatch is not None:
+        raise CheckpointError(f"{path}: weights do not fit model {name!r}: {mismatch}")
+    try:
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except (ValueError, RuntimeError, TypeError) as e:
-        raise CheckpointError(f"{path}: cannot rebuild model {name!r}: {e}") from e
+        raise CheckpointError(f"{path}: cannot load the weights into {name!r}: "
+                              f"{str(e)[:300]}") from None
     model.to(map_location).eval()
     palette = ckpt.get("palette")
     return Checkpoint(
