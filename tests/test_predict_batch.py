@@ -117,3 +117,22 @@ def test_two_gloo_processes_predict_like_one(ckpt, tmp_path):
     assert [os.path.basename(e["input"]) for e in summary["images"]] == [f"{i}.png"
                                                                          for i in range(5)]
     assert [os.path.basename(f["input"]) for f in summary["failed"]] == ["bad.png"]
+
+
+def test_scheduler_array_tasks_split_a_file_list(ckpt, tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    _good(src, "a.png", "b.png", "c.png")
+    (tmp_path / "files.txt").write_text("".join(f"{src / n}\n" for n in ("a.png", "b.png",
+                                                                          "c.png")))
+    for task in range(2):
+        assert _predict("--files-from", tmp_path / "files.txt", "--shard", f"{task}/2",
+                        "-c", ckpt, "-o", out) == 0
+    parts = [json.loads((out / f"summary-{t}-of-2.json").read_text()) for t in range(2)]
+    assert [[e["mask"] for e in p["images"]] for p in parts] == [["a_mask.png", "c_mask.png"],
+                                                                 ["b_mask.png"]]
+    # one pass over the whole list with --skip-existing merges them without predicting again
+    assert _predict("--files-from", tmp_path / "files.txt", "-c", ckpt, "-o", out,
+                    "--skip-existing") == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [e["mask"] for e in summary["images"]] == ["a_mask.png", "b_mask.png", "c_mask.png"]
+    assert _predict("--shard", "2/2", src, "-c", ckpt, "-o", out) == 2

@@ -1,6 +1,7 @@
 """``pixelwise predict``: masks, overlays and class areas for images, folders and globs."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -53,8 +54,25 @@ class _Bars:
                 bar.close()
 
 
+def _parse_shard(ctx, param, value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        index, count = (int(v) for v in value.split("/"))
+    except ValueError:
+        raise click.BadParameter(f"expected I/N (e.g. 3/16), got {value!r}")
+    if not 0 <= index < count:
+        raise click.BadParameter(f"I must be in 0..N-1, got {value!r}")
+    return index, count
+
+
 @click.command("predict")
-@click.argument("inputs", nargs=-1, required=True)
+@click.argument("inputs", nargs=-1)
+@click.option("--files-from", type=click.File("r"), default=None,
+              help="Also read inputs from this file, one path per line ('-': stdin).")
+@click.option("--shard", callback=_parse_shard, default=None, metavar="I/N",
+              help="Predict only share I (0-based) of N of the inputs, without torchrun "
+                   "(a scheduler's array task); the summary is summary-I-of-N.json.")
 @click.option("--checkpoint", "-c", required=True, type=click.Path(dir_okay=False),
               help="Checkpoint (.pt) or exported ONNX model (.onnx).")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False),
@@ -95,8 +113,8 @@ class _Bars:
                    "exit 1 at the end).")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show progress bars (stderr; rank 0 only under torchrun).")
-def command(inputs, checkpoint, output, tile_size, overlap, tta, scales, threshold, backend,
-            probs, probs_format, batch_size, frames_per_batch, mask_video, device, optimize,
+def command(inputs, files_from, shard, checkpoint, output, tile_size, overlap, tta, scales,
+            threshold, backend, probs, probs_format, batch_size, frames_per_batch, mask_video, device, optimize,
             raster, block_size, skip_existing, fail_fast, progress) -> None:
     """Predict class masks for images, videos, folders and glob patterns.
 
@@ -108,7 +126,8 @@ def command(inputs, checkpoint, output, tile_size, overlap, tta, scales, thresho
     and, with --mask-video, NAME_mask.mkv; it needs the `video` extra (PyAV).
 
     Under torchrun each process predicts its share of the inputs on its own device, all into
-    the output folder; rank 0 writes summary.json.
+    the output folder; rank 0 writes summary.json. Without torchrun, --shard I/N predicts
+    one share (a scheduler's array task).
 
     \b
     Example:
@@ -118,12 +137,21 @@ def command(inputs, checkpoint, output, tile_size, overlap, tta, scales, thresho
           --skip-existing
     """
     from ..engine.batch import (OutputOptions, gather, join_group, leave_group, plan_jobs,
-                                run_jobs, shard, write_summary)
+                                run_jobs, write_summary)
+    from ..engine.batch import shard as shard_of
     from ..engine.distributed import resolve_device
     from ..engine.predict import IMAGE_SUFFIXES, Predictor, collect_inputs
     from ..engine.video import VIDEO_SUFFIXES
 
+    if files_from is not None:
+        inputs = (*inputs, *(line.strip() for line in files_from if line.strip()))
+    if not inputs:
+        raise click.UsageError("give inputs (files, folders, globs) or --files-from")
+    if shard is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise click.UsageError("--shard is for jobs without torchrun (torchrun shards itself)")
     group = join_group()
+    rank, world_size = shard or (group.rank, group.world_size)
+    summary_name = "summary.json" if shard is None else f"summary-{rank}-of-{world_size}.json"
     bars = _Bars(progress and group.rank == 0)
     try:
         predictor = Predictor(checkpoint, backend=backend, tile_size=tile_size, overlap=overlap,
@@ -136,7 +164,7 @@ def command(inputs, checkpoint, output, tile_size, overlap, tta, scales, thresho
                              mask_video=mask_video, frames_per_batch=frames_per_batch,
                              block_size=block_size)
         out = Path(output)
-        results = run_jobs(predictor, shard(jobs, group.rank, group.world_size), out, opts,
+        results = run_jobs(predictor, shard_of(jobs, rank, world_size), out, opts,
                            skip_existing=skip_existing, fail_fast=fail_fast,
                            on_failure=lambda path, msg: click.echo(f"error: {msg}", err=True),
                            progress=bars.image_done)
@@ -144,22 +172,22 @@ def command(inputs, checkpoint, output, tile_size, overlap, tta, scales, thresho
     finally:
         bars.close()
         leave_group(group)
-    _report(group.rank, results, write_summary(predictor, results, out) if group.rank == 0
-            else None, out)
+    summary = write_summary(predictor, results, out, summary_name) if group.rank == 0 else None
+    _report(group.rank, results, summary, out / summary_name)
 
 
-def _report(rank: int, results, summary, out: Path) -> None:
+def _report(rank: int, results, summary, summary_path: Path) -> None:
     from ..errors import DataError
 
     if summary is not None:
         counts = ", ".join(f"{len(summary[k])} {k}" for k in ("images", "videos", "rasters")
                            if summary[k])
-        click.echo(f"{counts or 'nothing'} -> {out} (summary.json)")
+        click.echo(f"{counts or 'nothing'} -> {summary_path.parent} ({summary_path.name})")
     if results.failed:
         if rank != 0:  # rank 0 says it once for the whole job
             raise click.exceptions.Exit(1)
         raise DataError(f"{len(results.failed)} input(s) could not be predicted "
-                        f"(listed in {out / 'summary.json'} under 'failed')")
+                        f"(listed in {summary_path} under 'failed')")
 
 
 def _kind(path: Path, raster: bool) -> str:

@@ -171,9 +171,9 @@ def run_jobs(predictor: Predictor, jobs: Sequence[Job], output_dir: str | os.Pat
     return results
 
 
-def write_summary(predictor: Predictor, results: Results, output_dir: str | os.PathLike
-                  ) -> dict[str, Any]:
-    """Write ``summary.json`` (atomically) from the results of every process; returns it."""
+def write_summary(predictor: Predictor, results: Results, output_dir: str | os.PathLike,
+                  name: str = "summary.json") -> dict[str, Any]:
+    """Write the summary (atomically) from the results of every process; returns it."""
     names = predictor.class_names
     by_kind: dict[str, list] = {"image": [], "video": [], "raster": []}
     for _, kind, entry in sorted(results.done, key=lambda r: r[0]):
@@ -193,7 +193,7 @@ def write_summary(predictor: Predictor, results: Results, output_dir: str | os.P
         "rasters": by_kind["raster"],
         "failed": [f for _, f in sorted(results.failed, key=lambda r: r[0])],
     }
-    atomic_write_json(Path(output_dir) / "summary.json", summary)
+    atomic_write_json(Path(output_dir) / name, summary)
     return summary
 
 
