@@ -1,11 +1,13 @@
 """Atomic file writes: write to a temporary file beside the target, fsync, then rename.
 
-A run killed midway leaves either the old file or the new one, never a torn one.
+A run killed midway leaves either the old file or the new one, never a torn one, plus at
+worst its temporary (``.NAME.XXXXXXXX.tmp``), which :func:`remove_stale_temporaries` clears.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,23 +15,65 @@ from typing import Any, BinaryIO, Callable, Iterator
 
 import torch
 
+from .errors import PixelwiseError
+
+# tempfile.mkstemp(prefix=".NAME.", suffix=".tmp") names: 8 characters of [a-z0-9_].
+_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
-    """Call ``write(fileobj)`` on a temporary file, then atomically move it to ``path``."""
+    """Call ``write(fileobj)`` on a temporary file, then atomically move it to ``path``.
+
+    Raises:
+        PixelwiseError: the disk is full or the folder is not writable (an OSError); the
+            message names ``path``, and the previous file at ``path``, if any, is kept.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+        error = _os_error(e)
+        if error is None:
+            raise
+        kept = f"the previous {path.name} is kept" if path.exists() else "nothing was written"
+        raise PixelwiseError(f"{path}: cannot write ({error.strerror or error}); {kept}") from e
     return path
+
+
+def _os_error(error: BaseException) -> OSError | None:
+    # torch.save reports a failed write of its zip writer as a RuntimeError caused by it.
+    while error is not None and not isinstance(error, OSError):
+        error = error.__cause__ or error.__context__
+    return error
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries that :func:`atomic_write` left in ``folder`` when killed.
+
+    Only pixelwise's own names (``.NAME.XXXXXXXX.tmp``) directly in ``folder`` are touched.
+    Call it when no write into ``folder`` is in progress: at the start or resumption of a run.
+
+    Returns:
+        The removed paths (none when ``folder`` does not exist).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in sorted(folder.iterdir()):
+        if _TEMPORARY.fullmatch(entry.name) and entry.is_file() and not entry.is_symlink():
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

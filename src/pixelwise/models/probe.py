@@ -3,6 +3,8 @@
 Models are built on PyTorch's meta device, where tensors have shapes but no storage: a
 134 M-parameter FCN builds in milliseconds and a forward pass only propagates shapes. So a
 config or checkpoint can be checked against the network it describes before any real work.
+The first meta forward of a process imports PyTorch's shape machinery (``torch._dynamo``,
+about 1-2 s); later ones take milliseconds.
 """
 from __future__ import annotations
 
