@@ -590,3 +590,20 @@ def test_serve_help_ends_with_example():
     assert "Example:" in result.output and "pixelwise serve --checkpoint" in result.output
     missing = CliRunner().invoke(cli, ["serve", "--checkpoint", "/nonexistent/x.pt"])
     assert missing.exit_code == 2
+
+
+def test_huge_header_quotes_our_limit_not_pillows(client):
+    # 20000^2 = 400 MP is past Pillow's own refusal (2 x 89,478,485): the 413 must still quote
+    # --max-pixels (512 x 512 here), read from the header like any other upload.
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    ihdr = struct.pack(">IIBBBBB", 20_000, 20_000, 8, 0, 0, 0, 0)
+    header = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"")
+              + chunk(b"IEND", b""))
+    r = post_file(client, header)
+    assert r.status_code == 413
+    error = r.json()["error"]
+    assert "20000x20000" in error and "the limit is 262144" in error
+    assert "178956970" not in error and "decompression bomb" not in error.lower()

@@ -14,7 +14,7 @@ import os
 import threading
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import numpy as np
 from PIL import Image
@@ -43,8 +43,8 @@ _PIL_LIMIT_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def _open_pil(path: Path) -> Iterator[Image.Image]:
-    """``Image.open`` with Pillow's own decompression-bomb limit lifted.
+def open_pil(source: Path | BinaryIO, formats: list[str] | None = None) -> Iterator[Image.Image]:
+    """``Image.open`` (a path or a file object) with Pillow's decompression-bomb limit lifted.
 
     Pillow refuses headers over ``2 * Image.MAX_IMAGE_PIXELS`` (179 MP), below our default
     limit and whatever ``max_pixels`` the caller raised it to; the caller checks the header
@@ -55,7 +55,7 @@ def _open_pil(path: Path) -> Iterator[Image.Image]:
         saved = Image.MAX_IMAGE_PIXELS
         Image.MAX_IMAGE_PIXELS = None
         try:
-            im = Image.open(path)
+            im = Image.open(source, formats=formats)
         finally:
             Image.MAX_IMAGE_PIXELS = saved
     with im:
@@ -90,7 +90,7 @@ def image_size(path: str | os.PathLike, max_pixels: int | None = None) -> tuple[
         elif path.suffix.lower() in (".npy", ".mat"):
             h, w = _read_array_file(path).shape[:2]
         else:
-            with _open_pil(path) as im:
+            with open_pil(path) as im:
                 w, h = im.size
     except DataError:
         raise
@@ -140,7 +140,7 @@ def _read_tiff(path: Path, max_pixels: int | None) -> np.ndarray:
 def _read_tiff_pil(path: Path) -> np.ndarray:
     from PIL import ImageSequence
 
-    with _open_pil(path) as im:
+    with open_pil(path) as im:
         pages = [_pil_to_array(page.copy(), path, keep_palette=True) for page in ImageSequence.Iterator(im)]
     pages = [p[..., None] if p.ndim == 2 else p for p in pages]
     return np.concatenate(pages, axis=-1)
@@ -185,7 +185,7 @@ def _read_any(path: Path, max_pixels: int | None, keep_palette: bool) -> np.ndar
             arr = _read_array_file(path)
             _check_pixels(path, arr.shape[0], arr.shape[1], max_pixels)
             return arr
-        with _open_pil(path) as im, warnings.catch_warnings():
+        with open_pil(path) as im, warnings.catch_warnings():
             # Our own limit decides; Pillow's warnings (GIF frames re-check sizes while
             # loading) would only add noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -7,6 +7,7 @@ decoded), then the full decode (a truncated or corrupt file fails here).
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import warnings
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..data.readers import open_pil
+from ..errors import PixelwiseError
 from ..visualize import default_palette, overlay, palette_image, to_rgb8
 
 # Magic bytes -> (format name, PIL format). Decided from the bytes, never from a client's
@@ -29,7 +32,7 @@ ACCEPTED_FORMATS = ("png", "jpeg", "tiff", "bmp", "webp")
 ACCEPTED_MEDIA_TYPES = tuple(f"image/{f}" for f in ACCEPTED_FORMATS)
 
 
-class ImageRejected(Exception):
+class ImageRejected(PixelwiseError):
     """An upload that is not a usable image; ``status`` is the HTTP status to answer with."""
 
     def __init__(self, status: int, message: str):
@@ -81,19 +84,16 @@ def decode_image(data: bytes, *, max_pixels: int, in_channels: int | None) -> De
     if fmt is None:
         raise ImageRejected(415, "unsupported file type: not a PNG, JPEG, TIFF, BMP or WebP image "
                                  "(checked from the file's bytes)")
+    opened = contextlib.ExitStack()
     try:
-        with warnings.catch_warnings():
-            # PIL warns (and past 2x its limit raises) on huge headers; our own limit, checked
-            # below, is the one that decides.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=[fmt.upper()])
-    except Image.DecompressionBombError as e:
-        raise ImageRejected(413, f"image too large: {e}") from e
+        # Pillow's own limit (179 MP) is lifted while opening: max_pixels, checked below on
+        # the header, is the limit that decides and that the 413 quotes.
+        img = opened.enter_context(open_pil(io.BytesIO(data), formats=[fmt.upper()]))
     except UnidentifiedImageError as e:
         raise ImageRejected(400, f"corrupt {fmt} image: its header cannot be read") from e
     except (OSError, ValueError, SyntaxError) as e:
         raise ImageRejected(400, f"corrupt {fmt} image: its header cannot be read ({e})") from e
-    with img:
+    with opened:
         width, height = img.size
         if width * height > max_pixels:
             raise ImageRejected(413, f"image too large: {width}x{height} = {width * height} pixels, "
