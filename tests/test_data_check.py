@@ -8,7 +8,7 @@ from PIL import Image
 
 from pixelwise.cli.data import command
 from pixelwise.data import check_dataset, quick_check
-from pixelwise.data.check import median_frequency_weights
+from pixelwise.data.check import format_report, median_frequency_weights
 from pixelwise.errors import DataError
 
 
@@ -126,3 +126,26 @@ def test_cli_check_exit_codes_and_json(tmp_path):
     bad = runner.invoke(command, ["check", str(tmp_path / "spec.yaml")])
     assert bad.exit_code == 1
     assert f"{tmp_path}/lbl/0.png: missing mask" in bad.output
+
+
+def test_report_counts_unreadable_files_next_to_the_sizes(tmp_path):
+    spec = _tree(tmp_path, n=4)
+    (tmp_path / "img/3.png").write_bytes(b"garbage")          # header unreadable
+    png = (tmp_path / "lbl/2.png").read_bytes()
+    (tmp_path / "lbl/2.png").write_bytes(png[: len(png) // 2])  # truncated: pixels unreadable
+    report = check_dataset(spec)
+    assert report.splits["train"].unreadable == 2
+    text = format_report(report)
+    assert "[train] 4 samples; sizes: 8x10 (2); unreadable files: 2" in text
+
+
+def test_symlink_loops_and_broken_links_are_reported(tmp_path):
+    spec = _tree(tmp_path, n=2)
+    (tmp_path / "img/loop.png").symlink_to(tmp_path / "img/loop.png")
+    (tmp_path / "img/gone.png").symlink_to(tmp_path / "nowhere.png")
+    report = check_dataset(spec)
+    assert not report.ok
+    assert f"{tmp_path}/img/loop.png: symlink loop, skipped by split 'train'" in report.problems
+    assert (f"{tmp_path}/img/gone.png: broken symlink (to {tmp_path}/nowhere.png), skipped by "
+            f"split 'train'") in report.problems
+    assert report.splits["train"].count == 2

@@ -7,6 +7,7 @@ class weights and channel mean/std.
 """
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,10 +27,15 @@ def _base_split(spec: DatasetSpec, split: str) -> str:
     return h.source if h is not None and split in (h.source, h.target) else split
 
 
-def _header_problems(spec: DatasetSpec, samples: list[Sample]) -> tuple[list[str], set[Path]]:
-    """Problems found from headers, and the images of the samples that have one."""
+def _header_problems(spec: DatasetSpec, samples: list[Sample],
+                     unreadable: set[Path] | None = None) -> tuple[list[str], set[Path]]:
+    """Problems found from headers, and the images of the samples that have one.
+
+    Files that exist but whose header cannot be read are added to ``unreadable``.
+    """
     problems: list[str] = []
     bad: set[Path] = set()
+    unreadable = set() if unreadable is None else unreadable
     for s in samples:
         before = len(problems)
         try:
@@ -37,6 +43,8 @@ def _header_problems(spec: DatasetSpec, samples: list[Sample]) -> tuple[list[str
         except DataError as e:
             problems.append(str(e))
             bad.add(s.image)
+            if Path(s.image).is_file():
+                unreadable.add(Path(s.image))
             continue
         masks = s.mask if isinstance(s.mask, tuple) else () if s.mask is None else (s.mask,)
         if isinstance(s.mask, tuple) and not s.mask:
@@ -51,6 +59,7 @@ def _header_problems(spec: DatasetSpec, samples: list[Sample]) -> tuple[list[str
                 other = image_size(path, spec.max_pixels)
             except DataError as e:
                 problems.append(str(e))
+                unreadable.add(Path(path))
                 continue
             if other != hw:
                 problems.append(f"{path}: size {other[1]}x{other[0]} does not match its image "
@@ -82,13 +91,37 @@ def _extra_masks(spec: DatasetSpec, split: str) -> list[str]:
             for p in sorted(found - referenced)]
 
 
-def _split_problems(spec: DatasetSpec, split: str) -> tuple[list[Sample], list[str], set[Path]]:
+def _symlink_problems(spec: DatasetSpec, split: str) -> list[str]:
+    """Image or mask links that lead nowhere: the split's globs skip them as non-files."""
+    import errno
+    import glob
+
+    s = spec.splits[_base_split(spec, split)]
+    patterns = [mask_glob(spec, _base_split(spec, split))]
+    if s.id_list is None:
+        patterns.append(str(spec_path(spec.root, s.images)))
+    problems = []
+    for path in sorted({p for pattern in patterns if pattern
+                        for p in glob.glob(pattern, recursive=True)}):
+        if not os.path.islink(path) or os.path.exists(path):
+            continue
+        try:
+            os.stat(path)
+        except OSError as e:
+            what = "symlink loop" if e.errno == errno.ELOOP else \
+                f"broken symlink (to {os.readlink(path)})"
+            problems.append(f"{path}: {what}, skipped by split {split!r}")
+    return problems
+
+
+def _split_problems(spec: DatasetSpec, split: str, unreadable: set[Path] | None = None
+                    ) -> tuple[list[Sample], list[str], set[Path]]:
     try:
         samples = spec.resolve(split)
     except PixelwiseError as e:
         return [], [str(e)], set()
-    problems, bad = _header_problems(spec, samples)
-    return samples, problems + _extra_masks(spec, split), bad
+    problems, bad = _header_problems(spec, samples, unreadable)
+    return samples, problems + _symlink_problems(spec, split) + _extra_masks(spec, split), bad
 
 
 def quick_check(spec: DatasetSpec | dict | str, split: str) -> int:
@@ -137,6 +170,7 @@ class SplitStats:
 
     count: int = 0
     sizes: dict[str, int] = field(default_factory=dict)
+    unreadable: int = 0  # files whose header or pixels cannot be read
     class_pixels: list[int] = field(default_factory=list)
     class_frequency: list[float] = field(default_factory=list)
     class_weights: list[float] = field(default_factory=list)
@@ -171,12 +205,13 @@ def _split_stats(spec: DatasetSpec, samples: list[Sample], problems: list[str]) 
     ch_sum = np.zeros(spec.channels)
     ch_sq = np.zeros(spec.channels)
     ch_n = 0
-    ignored = 0
+    ignored = failed = 0
     for s in samples:
         try:
             image, mask = load_sample(spec, s)
         except PixelwiseError as e:
             problems.append(str(e))
+            failed += 1
             continue
         sizes[f"{mask.shape[0]}x{mask.shape[1]}"] += 1
         labelled = mask[mask != spec.ignore_index]
@@ -195,7 +230,7 @@ def _split_stats(spec: DatasetSpec, samples: list[Sample], problems: list[str]) 
         count=len(samples), sizes=dict(sizes), class_pixels=class_pixels.tolist(),
         class_frequency=(class_pixels / total).tolist(),
         class_weights=median_frequency_weights(class_pixels, present_pixels),
-        ignored_pixels=int(ignored), mean=mean.tolist(), std=std.tolist())
+        ignored_pixels=int(ignored), mean=mean.tolist(), std=std.tolist(), unreadable=failed)
 
 
 def check_dataset(spec: DatasetSpec | dict | str, splits: list[str] | None = None,
@@ -226,12 +261,14 @@ def check_dataset(spec: DatasetSpec | dict | str, splits: list[str] | None = Non
             # problem unless it was asked for by name.
             skipped.append(split)
             continue
-        samples, found, bad = _split_problems(spec, split)
+        unreadable: set[Path] = set()
+        samples, found, bad = _split_problems(spec, split, unreadable)
         problems += found
         # Samples already reported by the cheap check are not decoded again.
         decodable = [s for s in samples if s.image not in bad]
         stats[split] = _split_stats(spec, decodable[:max_images], problems)
         stats[split].count = len(samples)
+        stats[split].unreadable += len(unreadable)
     return DataReport(name=spec.name, class_names=list(spec.class_names), splits=stats,
                       problems=list(dict.fromkeys(problems)), skipped=skipped)
 
@@ -271,7 +308,8 @@ def format_report(report: DataReport) -> str:
             lines.append(f"\n[{split}] no samples")
             continue
         sizes = ", ".join(f"{k} ({v})" for k, v in sorted(st.sizes.items(), key=lambda kv: -kv[1]))
-        lines.append(f"\n[{split}] {st.count} samples; sizes: {sizes or '-'}")
+        lines.append(f"\n[{split}] {st.count} samples; sizes: {sizes or '-'}; "
+                     f"unreadable files: {st.unreadable}")
         lines.append(f"  channel mean {[round(v, 4) for v in st.mean]} "
                      f"std {[round(v, 4) for v in st.std]}")
         lines.append(f"  ignored pixels: {st.ignored_pixels}")
