@@ -106,8 +106,8 @@ class Predictor:
         """The smallest side the model takes (from its shapes on the meta device); refuses a
         tile size no tile of which it could take."""
         name = self.meta["model_name"]
-        minimum = min_input_size(meta_model(name, self.meta.get("model_kwargs", {})),
-                                 self.in_channels)
+        net = meta_model(name, self.meta.get("model_kwargs", {}))
+        minimum = min_input_size(net, self.in_channels)
         if self.tile_size is None:
             return minimum
         if self.shrinks:
