@@ -1,6 +1,8 @@
 """Constants shared by the test modules."""
 from pathlib import Path
 
+import torch
+
 # ../shared/data beside the repository (CI clones the repo with shared/ next to it).
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -12,4 +14,71 @@ TINY = {
     "fcn32s": dict(num_classes=3),
     "fcn16s": dict(num_classes=3),
     "fcn8s": dict(num_classes=3),
+    # the U-Net zoo; UNet++ with deep supervision, so the list-in-training path is covered
+    "unet_plus_plus": dict(in_channels=3, num_classes=3, base_channels=4, depth=3,
+                           deep_supervision=True, inference="mean"),
+    "attention_unet": dict(in_channels=3, num_classes=1, base_channels=4, depth=3),
+    "r2unet": dict(in_channels=1, num_classes=3, base_channels=4, depth=3, t=2),
+    "r2attention_unet": dict(in_channels=3, num_classes=3, base_channels=4, depth=3, t=2),
+    "ce_net": dict(in_channels=3, num_classes=1),
+    "segnet": dict(in_channels=3, num_classes=3),
+    "vgg16_unet": dict(in_channels=3, num_classes=3, decoder_channels=[8, 8, 8, 8]),
+    "resnet50_unet": dict(in_channels=3, num_classes=3, decoder_channels=[8, 8, 8, 8, 8]),
 }
+
+
+# torchvision state_dict layouts, written out independently of pixelwise's backbones (keys
+# and shapes as torchvision's vgg16 / vgg16_bn / resnet34 / resnet50), with random values.
+VGG16_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512,
+             "M"]
+
+
+def _bn(sd, prefix, c):
+    sd.update({f"{prefix}.weight": torch.rand(c), f"{prefix}.bias": torch.randn(c),
+               f"{prefix}.running_mean": torch.randn(c), f"{prefix}.running_var": torch.rand(c),
+               f"{prefix}.num_batches_tracked": torch.tensor(7)})
+
+
+def torchvision_vgg16_layout(batch_norm=False):
+    sd, idx, c_in = {}, 0, 3
+    for v in VGG16_CFG:
+        if v == "M":
+            idx += 1
+            continue
+        sd[f"features.{idx}.weight"] = torch.randn(v, c_in, 3, 3)
+        sd[f"features.{idx}.bias"] = torch.randn(v)
+        if batch_norm:
+            _bn(sd, f"features.{idx + 1}", v)
+        idx, c_in = idx + (3 if batch_norm else 2), v
+    for i, (o, n) in {0: (4096, 25088), 3: (4096, 4096), 6: (1000, 4096)}.items():
+        sd[f"classifier.{i}.weight"] = torch.randn(o, n) * 0.01
+        sd[f"classifier.{i}.bias"] = torch.randn(o)
+    return sd
+
+
+def torchvision_resnet_layout(depth=34):
+    sd = {"conv1.weight": torch.randn(64, 3, 7, 7)}
+    _bn(sd, "bn1", 64)
+    expansion = 1 if depth == 34 else 4
+    c_in = 64
+    for layer, (c, n) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3)), start=1):
+        out = c * expansion
+        for b in range(n):
+            p, first_in = f"layer{layer}.{b}", c_in if b == 0 else out
+            if depth == 34:
+                convs = [(c, first_in, 3), (c, c, 3)]
+            else:
+                convs = [(c, first_in, 1), (c, c, 3), (out, c, 1)]
+            for k, (o, i, ks) in enumerate(convs, start=1):
+                sd[f"{p}.conv{k}.weight"] = torch.randn(o, i, ks, ks)
+                _bn(sd, f"{p}.bn{k}", o)
+            if b == 0 and (first_in != out or layer > 1):
+                sd[f"{p}.downsample.0.weight"] = torch.randn(out, first_in, 1, 1)
+                _bn(sd, f"{p}.downsample.1", out)
+        c_in = out
+    sd["fc.weight"], sd["fc.bias"] = torch.randn(1000, 512 * expansion), torch.randn(1000)
+    return sd
+
+
+def torchvision_resnet34_layout():
+    return torchvision_resnet_layout(34)

@@ -13,7 +13,7 @@ from pixelwise.models.backbones import (ResNet34Encoder, VGG16Backbone,
                                         resnet_state_dict_for_encoder, vgg16_to_fcn_state_dict)
 from pixelwise.models.fcn import bilinear_kernel, upsampler
 
-from common import TINY
+from common import TINY, torchvision_resnet34_layout, torchvision_vgg16_layout
 
 
 def trainable(model):
@@ -42,10 +42,12 @@ def test_model_contract(name, tmp_path):
             out = model(torch.randn(2, c_in, h, w))
             assert out.shape == (2, c_out, h, w)
 
-    # backward reaches the classifier
+    # backward reaches the classifier (every head of a deeply supervised model)
     model.train()
     out = model(torch.randn(2, c_in, 32, 32))
-    (out * torch.randn_like(out)).sum().backward()  # non-zero even where logits are 0
+    heads = out if isinstance(out, list) else [out]
+    assert all(h.shape == (2, c_out, 32, 32) for h in heads)
+    sum((h * torch.randn_like(h)).sum() for h in heads).backward()  # non-zero where logits are 0
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None for g in grads)
     assert any(g.abs().sum() > 0 for g in grads)
@@ -139,47 +141,6 @@ def test_bilinear_upsampling_of_a_constant_is_constant_inside():
     # channels are upsampled independently
     w = bilinear_kernel(3, 4)
     assert w[0, 1].abs().sum() == 0 and w[0, 0].sum() == pytest.approx(4.0)
-
-
-def torchvision_vgg16_layout():
-    """Keys and shapes of torchvision's vgg16 state_dict, written out independently."""
-    cfg = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
-    sd, idx, c_in = {}, 0, 3
-    for v in cfg:
-        if v == "M":
-            idx += 1
-            continue
-        sd[f"features.{idx}.weight"] = torch.randn(v, c_in, 3, 3)
-        sd[f"features.{idx}.bias"] = torch.randn(v)
-        idx, c_in = idx + 2, v
-    for i, (o, n) in {0: (4096, 25088), 3: (4096, 4096), 6: (1000, 4096)}.items():
-        sd[f"classifier.{i}.weight"] = torch.randn(o, n) * 0.01
-        sd[f"classifier.{i}.bias"] = torch.randn(o)
-    return sd
-
-
-def torchvision_resnet34_layout():
-    sd = {"conv1.weight": torch.randn(64, 3, 7, 7)}
-
-    def bn(prefix, c):
-        sd.update({f"{prefix}.weight": torch.rand(c), f"{prefix}.bias": torch.randn(c),
-                   f"{prefix}.running_mean": torch.randn(c), f"{prefix}.running_var": torch.rand(c),
-                   f"{prefix}.num_batches_tracked": torch.tensor(7)})
-    bn("bn1", 64)
-    c_in = 64
-    for layer, (c, n) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3)), start=1):
-        for b in range(n):
-            p = f"layer{layer}.{b}"
-            sd[f"{p}.conv1.weight"] = torch.randn(c, c_in if b == 0 else c, 3, 3)
-            bn(f"{p}.bn1", c)
-            sd[f"{p}.conv2.weight"] = torch.randn(c, c, 3, 3)
-            bn(f"{p}.bn2", c)
-            if b == 0 and layer > 1:
-                sd[f"{p}.downsample.0.weight"] = torch.randn(c, c_in, 1, 1)
-                bn(f"{p}.downsample.1", c)
-        c_in = c
-    sd["fc.weight"], sd["fc.bias"] = torch.randn(1000, 512), torch.randn(1000)
-    return sd
 
 
 def test_torchvision_vgg16_converts_and_loads_strictly():

@@ -138,3 +138,27 @@ def test_compile_with_freezing_matches():
     x = torch.randn(1, 3, 64, 64)
     with torch.inference_mode():
         torch.testing.assert_close(fast(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+class SharedConvTwoNorms(nn.Module):
+    """One conv called twice, each call followed by its own BatchNorm: neither may fold."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.bn1, self.bn2 = nn.BatchNorm2d(3), nn.BatchNorm2d(3)
+
+    def forward(self, x):
+        return self.bn2(self.conv(self.bn1(self.conv(x))))
+
+
+def test_shared_conv_folds_only_with_its_one_batchnorm():
+    model = randomize(SharedConvTwoNorms())
+    assert count_batchnorms(fold_batchnorm(model)) == 2
+    # R2U-Net's recurrent conv: a (conv, bn) pair called together three times folds
+    r2 = randomize(build_model("r2unet", **TINY["r2unet"]))
+    folded = fold_batchnorm(r2)
+    assert count_batchnorms(folded) == 0
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), r2(x), atol=1e-4, rtol=1e-4)

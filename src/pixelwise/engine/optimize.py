@@ -70,17 +70,18 @@ def _pairs_from_fx(model: nn.Module) -> list[tuple[str, str]]:
     for node in graph.nodes:
         if node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
-    pairs = []
+    seen: dict[tuple[str, str], int] = {}
     for node in graph.nodes:
         if node.op != "call_module" or not isinstance(modules[node.target], _BNS):
             continue
         prev = node.args[0]
         if (isinstance(prev, fx.Node) and prev.op == "call_module"
-                and isinstance(modules[prev.target], _CONVS) and len(prev.users) == 1
-                and calls[prev.target] == 1 and calls[node.target] == 1):
-            # A module called twice (shared weights) would change its other call too.
-            pairs.append((prev.target, node.target))
-    return pairs
+                and isinstance(modules[prev.target], _CONVS) and len(prev.users) == 1):
+            seen[(prev.target, node.target)] = seen.get((prev.target, node.target), 0) + 1
+    # A module called more than once (shared weights, as R2U-Net's recurrent convs) folds only
+    # if every call of the conv feeds that BatchNorm and every call of the BatchNorm follows
+    # that conv; otherwise folding would change its other calls too.
+    return [(conv, bn) for (conv, bn), n in seen.items() if calls[conv] == n and calls[bn] == n]
 
 
 def _pairs_from_sequentials(model: nn.Module) -> Iterator[tuple[str, str]]:

@@ -7,6 +7,8 @@ ways take ``mode="multiclass"`` (softmax over ``C >= 2`` channels) or ``mode="bi
 (sigmoid of a single channel, target in {0, 1}).
 
 Build by name with :func:`build_loss`, e.g. ``build_loss("dice_ce", mode="binary")``.
+Models with several heads (UNet++ with deep supervision, in training) return a list of logits:
+:class:`DeepSupervisionLoss` wraps any loss to average it over the heads.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import torch.nn as nn
 
 from .border import UNetWeightedCELoss, unet_weight_map
 from .ce import BCELoss, CrossEntropyLoss
+from .deep_supervision import DeepSupervisionLoss
 from .dice import DiceCELoss, DiceLoss
 from .focal import FocalLoss
 from .lovasz import LovaszLoss
@@ -58,5 +61,6 @@ def build_loss(name: str, **kwargs) -> nn.Module:
         raise ValueError(f"loss {name!r}: {exc}") from None
 
 
-__all__ = ["build_loss", "list_losses", "BCELoss", "CrossEntropyLoss", "DiceLoss", "DiceCELoss",
-           "FocalLoss", "LovaszLoss", "UNetWeightedCELoss", "unet_weight_map"]
+__all__ = ["build_loss", "list_losses", "BCELoss", "CrossEntropyLoss", "DeepSupervisionLoss",
+           "DiceLoss", "DiceCELoss", "FocalLoss", "LovaszLoss", "UNetWeightedCELoss",
+           "unet_weight_map"]

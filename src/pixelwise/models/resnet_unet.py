@@ -4,7 +4,8 @@ Exploiting Encoder Representations for Efficient Semantic Segmentation", 2017).
 Decoder blocks reduce channels 4x with a 1x1 conv, upsample with a 3x3 stride-2 transposed
 conv, expand with a 1x1 conv, and join the encoder by addition (not concatenation). A final
 transposed conv and two 3x3 convs give logits at the input resolution. The encoder keeps
-torchvision's names, so ImageNet ResNet34 weights load strictly.
+torchvision's names, so ImageNet ResNet34 weights load strictly. CE-Net (``ce_net.py``) reuses
+this decoder.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch.nn as nn
 
 from .backbones.resnet import ResNet34Encoder, resnet_state_dict_for_encoder
 from .registry import register_model
-from .weights import load_state_dict, resolve_pretrained
+from .weights import load_pretrained
 
 
 def conv_bn_relu(conv: nn.Module, channels: int) -> nn.Sequential:
@@ -32,6 +33,41 @@ class LinkNetDecoderBlock(nn.Sequential):
         )
 
 
+def linknet_decoders(stage_channels: tuple[int, ...], bottom_channels: int | None = None
+                     ) -> nn.ModuleList:
+    """One block per stage, deepest first: block ``k`` takes its map up to the next
+    shallower stage's size and channels; the last one goes to stride 2 keeping its channels.
+    ``bottom_channels`` overrides the deepest block's input (CE-Net's 516)."""
+    chans = stage_channels
+    blocks = [LinkNetDecoderBlock(chans[i], chans[max(i - 1, 0)])
+              for i in reversed(range(len(chans)))]
+    if bottom_channels is not None:
+        blocks[0] = LinkNetDecoderBlock(bottom_channels, chans[-2])
+    return nn.ModuleList(blocks)
+
+
+def linknet_final(in_channels: int, num_classes: int) -> nn.Sequential:
+    """Transposed conv to full resolution, then two 3x3 convs to the logits."""
+    return nn.Sequential(
+        nn.ConvTranspose2d(in_channels, 32, 4, stride=2, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(32, num_classes, 3, padding=1),
+    )
+
+
+def linknet_decode(decoders: nn.ModuleList, final: nn.Module, bottom: torch.Tensor,
+                   skips: list[torch.Tensor], height: int, width: int) -> torch.Tensor:
+    """Run the LinkNet decoder from ``bottom`` adding ``skips`` (shallow first) on the way."""
+    d = bottom
+    for decoder, skip in zip(decoders, list(reversed(skips)) + [None]):
+        d = decoder(d)
+        if skip is not None:
+            # Encoder maps are ceil(H / stride) in size and each decoder doubles, so the
+            # upsampled map is never smaller than its skip: crop it to the skip.
+            d = d[..., : skip.shape[-2], : skip.shape[-1]] + skip
+    return final(d)[..., :height, :width]
+
+
 class ResNetUNet(nn.Module):
     """ResNet34 encoder + LinkNet decoder.
 
@@ -46,34 +82,19 @@ class ResNetUNet(nn.Module):
     def __init__(self, in_channels: int = 3, num_classes: int = 2):
         super().__init__()
         self.encoder = ResNet34Encoder(in_channels)
-        chans = self.encoder.stage_channels  # (64, 128, 256, 512)
-        # decoders[i] takes stage i+1's map up to stage i's size; the last one goes to stride 2.
-        self.decoders = nn.ModuleList(
-            [LinkNetDecoderBlock(chans[i], chans[max(i - 1, 0)]) for i in reversed(range(4))]
-        )
-        self.final = nn.Sequential(
-            nn.ConvTranspose2d(chans[0], 32, 4, stride=2, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(32, num_classes, 3, padding=1),
-        )
+        self.decoders = linknet_decoders(self.encoder.stage_channels)
+        self.final = linknet_final(self.encoder.stage_channels[0], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[-2:]
         stages = self.encoder(x)
-        d = stages[-1]
-        for decoder, skip in zip(self.decoders, reversed([None] + stages[:-1])):
-            d = decoder(d)
-            if skip is not None:
-                # Encoder maps are ceil(H / stride) in size and each decoder doubles, so the
-                # upsampled map is never smaller than its skip: crop it to the skip.
-                d = d[..., : skip.shape[-2], : skip.shape[-1]] + skip
-        return self.final(d)[..., :height, :width]
+        return linknet_decode(self.decoders, self.final, stages[-1], stages[:-1],
+                              x.shape[-2], x.shape[-1])
 
     def load_encoder(self, source: str | os.PathLike) -> None:
         """Load torchvision ImageNet ResNet34 weights (path or URL) into the encoder, strictly."""
         in_channels = self.encoder.conv1.in_channels
-        state = resnet_state_dict_for_encoder(load_state_dict(source), in_channels)
-        self.encoder.load_state_dict(state, strict=True)
+        load_pretrained(self.encoder, source, "resnet34",
+                        lambda state: resnet_state_dict_for_encoder(state, in_channels))
 
 
 @register_model
@@ -82,7 +103,6 @@ def resnet34_unet(in_channels: int = 3, num_classes: int = 2,
     """ResNet34-encoder U-Net with a LinkNet decoder. ``pretrained``: True (torchvision URL),
     or a path or URL of torchvision ResNet34 weights."""
     model = ResNetUNet(in_channels, num_classes)
-    source = resolve_pretrained(pretrained, "resnet34")
-    if source is not None:
-        model.load_encoder(source)
+    if pretrained:
+        model.load_encoder(pretrained)
     return model

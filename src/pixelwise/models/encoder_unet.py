@@ -1,0 +1,104 @@
+"""U-Net decoders on ImageNet encoders: VGG16 and ResNet50 (Ronneberger et al. 2015's
+decoder, concatenated skips, on Simonyan & Zisserman 2015's and He et al. 2016's networks).
+
+The decoder reads only the encoder's ``stage_channels`` and ``stage_strides``: from the
+deepest stage it upsamples (bilinear, to the next skip's size, so odd sizes fit),
+concatenates the skip and applies two 3x3 conv + BatchNorm + ReLU; once the skips are used
+up it keeps doubling without skips until stride 1 (ResNet50's shallowest skip, the stem, is
+at stride 2). A 1x1 conv gives the logits. Encoders keep torchvision's names, so
+``vgg16`` / ``vgg16_bn`` / ``resnet50`` ImageNet weights load strictly.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .backbones.resnet import ResNet50Encoder, resnet_state_dict_for_encoder
+from .backbones.vgg import VGG16Encoder, vgg16_state_dict_for_encoder
+from . import _checks
+from .registry import register_model
+from .unet import DoubleConv
+from .weights import load_pretrained
+
+DECODER_CHANNELS = (256, 128, 64, 32, 16)
+
+
+class EncoderUNet(nn.Module):
+    """A U-Net decoder on any encoder that returns its stages shallow to deep.
+
+    Args:
+        encoder: module returning a list of stage maps; exposes ``stage_channels`` and
+            ``stage_strides`` (powers of 2, the first may be > 1).
+        num_classes: output channels (logits).
+        decoder_channels: width of each decoder block, deepest first; the first
+            ``len(stages) - 1 + log2(stage_strides[0])`` entries are used.
+
+    Shape:
+        input ``(N, C, H, W)`` of any size the encoder takes; output ``(N, num_classes, H, W)``.
+    """
+
+    def __init__(self, encoder: nn.Module, num_classes: int,
+                 decoder_channels: Sequence[int] = DECODER_CHANNELS):
+        super().__init__()
+        self.encoder = encoder
+        chans, strides = list(encoder.stage_channels), list(encoder.stage_strides)
+        self.min_size = strides[-1]
+        skips = chans[-2::-1]  # skip widths, deepest first
+        extra = int(math.log2(strides[0]))  # skip-less doublings down to stride 1
+        n_blocks = len(skips) + extra
+        if len(decoder_channels) < n_blocks:
+            raise ValueError(f"decoder_channels needs {n_blocks} entries for this encoder, "
+                             f"got {list(decoder_channels)}")
+        widths = [chans[-1]] + list(decoder_channels[:n_blocks])
+        skip_widths = skips + [0] * extra
+        self.blocks = nn.ModuleList(DoubleConv(widths[k] + skip_widths[k], widths[k + 1], 1, True)
+                                    for k in range(n_blocks))
+        self.head = nn.Conv2d(widths[-1], num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _checks.check_min_size(x, self.min_size, "this encoder's U-Net")
+        height, width = x.shape[-2:]
+        stages = self.encoder(x)
+        d = stages.pop()
+        for k, block in enumerate(self.blocks):
+            if stages:
+                skip = stages.pop()
+                d = F.interpolate(d, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+                d = torch.cat([skip, d], dim=1)
+            else:
+                # Skip-less doublings: stride 2**(remaining) of the input, the last at H x W.
+                scale = 1 << (len(self.blocks) - k - 1)
+                size = [-(-height // scale), -(-width // scale)]
+                d = F.interpolate(d, size=size, mode="bilinear", align_corners=False)
+            d = block(d)
+        return self.head(d)
+
+
+@register_model
+def vgg16_unet(in_channels: int = 3, num_classes: int = 1, batch_norm: bool = False,
+               decoder_channels: Sequence[int] = DECODER_CHANNELS[:4],
+               pretrained: bool | str | None = None) -> EncoderUNet:
+    """U-Net on VGG16's five stages (skips at strides 1-8, bottom at 16). ``batch_norm``
+    selects the ``vgg16_bn`` encoder; ``pretrained``: True (torchvision URL of the chosen
+    layout), or a path or URL of torchvision weights."""
+    model = EncoderUNet(VGG16Encoder(in_channels, batch_norm), num_classes, decoder_channels)
+    load_pretrained(model.encoder, pretrained, "vgg16_bn" if batch_norm else "vgg16",
+                    lambda state: vgg16_state_dict_for_encoder(state, in_channels, batch_norm))
+    return model
+
+
+@register_model
+def resnet50_unet(in_channels: int = 3, num_classes: int = 1,
+                  decoder_channels: Sequence[int] = DECODER_CHANNELS,
+                  pretrained: bool | str | None = None) -> EncoderUNet:
+    """U-Net on ResNet50 (skips: stem at stride 2, layer1-3; bottom: layer4 at 32).
+    ``pretrained``: True (torchvision URL), or a path or URL of torchvision ResNet50 weights."""
+    model = EncoderUNet(ResNet50Encoder(in_channels, with_stem=True), num_classes,
+                        decoder_channels)
+    load_pretrained(model.encoder, pretrained, "resnet50",
+                    lambda state: resnet_state_dict_for_encoder(state, in_channels, 50))
+    return model
