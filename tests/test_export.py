@@ -40,7 +40,8 @@ def make_checkpoint(path, name, kwargs):
                 m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
                 m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
     c = kwargs.get("in_channels", 3)
-    names = ["fg"] if kwargs["num_classes"] == 1 else ["sky", "road", "car"]
+    # One name per output (the checkpoint loader refuses names that contradict the model).
+    names = ["fg"] if kwargs["num_classes"] == 1 else ["sky", "road", "car"][:kwargs["num_classes"]]
     return save_checkpoint(path, model, name, kwargs, names, mean=MEAN[:c], std=STD[:c],
                            palette=[(1, 2, 3), (4, 5, 6), (7, 8, 9)][:len(names)])
 
