@@ -208,3 +208,20 @@ def test_zoo_refuses_inputs_smaller_than_its_poolings(name, minimum):
         with pytest.raises(ValueError,
                            match=f"{minimum - 1}x{minimum} is too small.*{minimum} pixels"):
             model(torch.randn(1, c_in, minimum - 1, minimum))
+
+
+def test_deeply_supervised_unet_plus_plus_predicts_tiled_with_tta(tmp_path):
+    # Prediction runs the model in eval mode: one tensor, whatever the training form.
+    import numpy as np
+
+    from pixelwise.engine.predict import Predictor
+
+    kwargs = TINY["unet_plus_plus"]
+    model = unet_pp()
+    path = pixelwise.save_checkpoint(tmp_path / "m.pt", model, "unet_plus_plus", kwargs,
+                                     ["a", "b", "c"], mean=(0.5,) * 3, std=(0.25,) * 3)
+    image = np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8)
+    for optimize in (False, True):
+        prediction = Predictor(path, tile_size=32, tta=True, optimize=optimize).predict(image)
+        assert prediction.mask.shape == (50, 70)
+        assert prediction.probs.shape == (3, 50, 70)
