@@ -24,6 +24,7 @@ TINY = {
     "segnet": dict(in_channels=3, num_classes=3),
     "vgg16_unet": dict(in_channels=3, num_classes=3, decoder_channels=[8, 8, 8, 8]),
     "resnet50_unet": dict(in_channels=3, num_classes=3, decoder_channels=[8, 8, 8, 8, 8]),
+    "resnet34_unet_concat": dict(in_channels=3, num_classes=3, decoder_channels=[8, 8, 8, 8, 8]),
 }
 
 

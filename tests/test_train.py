@@ -307,3 +307,23 @@ def test_best_checkpoint_is_written_before_last(spec_path, tmp_path, monkeypatch
                                                                   "steps_per_epoch": 1}))
     T.train(cfg)
     assert written == ["best.pt", "last.pt"]
+
+
+def test_deeply_supervised_unet_plus_plus_trains_on_the_mean_of_its_heads(spec_path, tmp_path,
+                                                                         one_thread):
+    from pixelwise.losses import DeepSupervisionLoss, build_loss
+
+    raw = tiny_config(spec_path, tmp_path, train={"epochs": 1})
+    raw["model"] = {"name": "unet_plus_plus", "kwargs": {"base_channels": 4, "depth": 2,
+                                                         "deep_supervision": True}}
+    run = T.train(load_config(raw=raw))
+    progress = read_checkpoint(run / "checkpoints" / "last.pt")["training"]["progress"]
+    assert progress["step"] == 6                       # 12 images / batch 2, one epoch
+    assert progress["history"][0]["train_loss"] > 0
+    assert 0 <= progress["history"][0]["mean_iou"] <= 1  # validated on the eval-mode tensor
+    # What the trainer wraps its loss in: on a list, the mean of the heads' losses.
+    ce = build_loss("ce")
+    heads = [torch.randn(2, 4, 8, 8) for _ in range(3)]
+    target = torch.randint(0, 4, (2, 8, 8))
+    expected = sum(ce(h, target) for h in heads) / 3
+    assert torch.allclose(DeepSupervisionLoss(ce)(heads, target), expected)

@@ -122,7 +122,8 @@ class LossConfig(_Section):
 class TrainConfig(_Section):
     """The training loop."""
 
-    epochs: int = Field(10, ge=1)
+    # None: 10 epochs, or as many as fit in train.max_minutes when that is set.
+    epochs: int | None = Field(None, ge=1)
     # Caps optimiser steps per epoch (quick runs, time budgets); None = the whole dataset.
     steps_per_epoch: int | None = Field(None, ge=1)
     seed: int = 0
@@ -130,7 +131,11 @@ class TrainConfig(_Section):
     deterministic: bool = False
     amp: bool = True  # mixed precision, on CUDA only
     amp_dtype: Literal["float16", "bfloat16"] = "float16"
-    channels_last: bool = False
+    # NHWC activations: the faster convolution kernels on CPU (oneDNN) and on tensor cores.
+    channels_last: bool = True
+    # glibc malloc keeps freed activation buffers instead of unmapping them after each use
+    # (millions of page faults per epoch otherwise); Linux/glibc only, a no-op elsewhere.
+    tune_allocator: bool = True
     # Under torchrun: BatchNorm statistics over the global batch (worth it for small per-GPU
     # batches; costs a collective per BatchNorm layer).
     sync_batchnorm: bool = False
@@ -139,7 +144,9 @@ class TrainConfig(_Section):
     best_metric: str = "mean_iou"
     best_mode: Literal["max", "min"] = "max"
     early_stopping_patience: int | None = Field(None, ge=1)  # validations without improvement
-    # Stop after the epoch during which this much wall time (of this process) has passed.
+    # Time budget: the schedule is laid over the steps that fit in it (see engine/budget.py);
+    # training stops when the next step would not fit, then validates and checkpoints once
+    # more. Validation time counts. Combined with epochs, whichever ends first.
     max_minutes: float | None = Field(None, gt=0)
     checkpoint_every_steps: int | None = Field(None, ge=1)
     progress: bool = True

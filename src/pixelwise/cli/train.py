@@ -1,4 +1,4 @@
-"""``pixelwise train CONFIG [--set key=value ...] [--resume]``."""
+"""``pixelwise train [CONFIG] [--data SPEC] [--minutes N] [--set key=value ...] [--resume]``."""
 from __future__ import annotations
 
 import logging
@@ -8,21 +8,32 @@ import click
 
 
 @click.command(name="train")
-@click.argument("config", type=click.Path(dir_okay=False))
+@click.argument("config", type=click.Path(dir_okay=False), required=False)
+@click.option("--data", "-d", "spec", default=None,
+              help="Without CONFIG: plan a run for this dataset (a spec YAML file or a "
+                   "preset name with --root).")
+@click.option("--root", type=click.Path(file_okay=False), default=None,
+              help="Data folder, overriding the spec's root (needed for presets).")
+@click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Time budget (train.max_minutes): the schedule is fitted to it.")
 @click.option("--set", "overrides", metavar="KEY=VALUE", multiple=True,
               help="Override a config field (value parsed as YAML); repeatable.")
 @click.option("--resume", is_flag=True,
               help="Continue the run folder's checkpoints/last.pt (a fresh start if absent).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or per-epoch lines.")
-def command(config: str, overrides: tuple[str, ...], resume: bool, quiet: bool) -> None:
-    """Train a model from a YAML run config; writes a run folder (config.yaml,
-    checkpoints/last.pt and best.pt, metrics.csv, curves.png).
+def command(config: str | None, spec: str | None, root: str | None, minutes: float | None,
+            overrides: tuple[str, ...], resume: bool, quiet: bool) -> None:
+    """Train a model from a YAML run config, or from a plan made from the data (--data,
+    no CONFIG); writes a run folder (config.yaml, checkpoints/last.pt and best.pt,
+    metrics.csv, curves.png). A planned run also writes fingerprint.json.
 
     Under torchrun each process takes one GPU (or CPU with gloo) and only rank 0 writes.
 
     \b
     Examples:
-      pixelwise train recipes/unet_isbi2012.yaml
+      pixelwise train recipes/unet_drive.yaml
+      pixelwise train recipes/camvid.yaml --minutes 15
+      pixelwise train --data camvid --root ../shared/data/camvid --minutes 15
       pixelwise train recipes/fcn8s_camvid.yaml --set optim.lr=1e-4 --set train.epochs=5
       pixelwise train recipes/fcn8s_camvid.yaml --resume
       torchrun --standalone --nproc_per_node 2 --no-python pixelwise train recipe.yaml
@@ -30,12 +41,54 @@ def command(config: str, overrides: tuple[str, ...], resume: bool, quiet: bool) 
     from ..config import load_config
     from ..engine.train import train
 
-    cfg = load_config(config, list(overrides))
-    if quiet:
-        cfg.train.progress = False
-    else:
+    if not quiet:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         logging.getLogger("pixelwise").setLevel(logging.INFO)
+    extra = [f"train.max_minutes={minutes}"] if minutes is not None else []
+    if config is not None:
+        if spec is not None or root is not None:
+            raise click.UsageError("--data/--root plan a run without CONFIG; to change a "
+                                   "config's data use --set data.spec=...")
+        cfg = load_config(config, list(overrides) + extra)
+    else:
+        if spec is None:
+            raise click.UsageError("give a run CONFIG, or --data SPEC to plan one")
+        if minutes is None:
+            raise click.UsageError("a planned run needs a time budget: --minutes N")
+        cfg = _planned_config(spec, root, minutes, list(overrides), quiet)
+    if quiet:
+        cfg.train.progress = False
     run_dir = train(cfg, resume=resume)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one line rather than one per process
         click.echo(f"run folder: {run_dir}")
+
+
+def _planned_config(spec: str, root: str | None, minutes: float, overrides: list[str],
+                    quiet: bool):
+    """Fingerprint the data, plan, print the plan; the fingerprint goes to the run folder."""
+    from pathlib import Path
+
+    from ..config import dump_config, load_config
+    from ..data import load_spec
+    from ..io import atomic_write_json
+    from ..plan import fingerprint, plan
+
+    loaded = load_spec(spec, root=root)
+    if Path(spec).is_file():
+        import yaml
+
+        ref = {**(yaml.safe_load(Path(spec).read_text(encoding="utf-8")) or {}),
+               "root": str(loaded.root)}
+    else:
+        ref = {"preset": spec, "root": str(loaded.root)}
+    fp = fingerprint(loaded, "train")
+    val = "val" if "val" in loaded.split_names else None
+    raw = plan(fp, ref, minutes, val_split=val, run_name=f"planned_{loaded.name}")
+    cfg = load_config(raw=raw, overrides=overrides)
+    if not quiet:
+        click.echo(f"plan for {loaded.name} ({fp.num_images} training images, median "
+                   f"{fp.median_size[0]}x{fp.median_size[1]}, {fp.num_classes} classes, "
+                   f"foreground {fp.foreground_fraction:.1%}):")
+        click.echo(dump_config(cfg))
+    atomic_write_json(cfg.run_dir / "fingerprint.json", fp.to_dict())
+    return cfg

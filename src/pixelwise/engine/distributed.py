@@ -93,13 +93,18 @@ def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
     return t.tolist()
 
 
+def broadcast_int(value: int, info: DistInfo) -> int:
+    """Rank 0's integer, on every rank."""
+    if not info.distributed:
+        return value
+    t = torch.tensor([int(value)], dtype=torch.int64, device=info.device)
+    dist.broadcast(t, src=0)
+    return int(t.item())
+
+
 def broadcast_flag(flag: bool, info: DistInfo) -> bool:
     """Rank 0's boolean, on every rank (e.g. "stop now")."""
-    if not info.distributed:
-        return flag
-    t = torch.tensor([1 if flag else 0], dtype=torch.int64, device=info.device)
-    dist.broadcast(t, src=0)
-    return bool(t.item())
+    return bool(broadcast_int(int(flag), info))
 
 
 def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:

@@ -39,16 +39,18 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
-from ..checkpoint import make_checkpoint, read_checkpoint
+from ..checkpoint import make_checkpoint, read_checkpoint, state_dict_mismatch
 from ..config import RunConfig, config_to_dict, dump_config
 from ..errors import CheckpointError, ConfigError, PixelwiseError
-from ..io import atomic_torch_save, atomic_write_text
+from ..io import atomic_torch_save, atomic_write_text, remove_stale_temporaries
 from ..preprocess import to_tensor
 from . import distributed as ddp
+from .budget import TimeBudget
 from .tiling import input_size_for, mirror_pad, shrinks
 
 log = logging.getLogger("pixelwise.train")
 
+DEFAULT_EPOCHS = 10  # without a time budget, when train.epochs is unset
 SUMMARY_METRICS = ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou", "dice")
 CSV_FIELDS = ("epoch", "step", "lr", "train_loss", "val_loss", *SUMMARY_METRICS,
               "time_s", "images_per_s")
@@ -178,9 +180,14 @@ def build_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
     groups = [{"params": weights, "lr": o.lr, "weight_decay": o.weight_decay},
               {"params": biases, "lr": o.lr * o.bias_lr_factor, "weight_decay": bias_wd}]
     groups = [g for g in groups if g["params"]]
+    # The fused kernels update every tensor in one pass (AdamW: 37 ms instead of 103 ms per
+    # step for 21 M parameters on one CPU thread); same update up to float rounding.
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype == torch.float32
+                for g in groups for p in g["params"])
     if o.name == "sgd":
-        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
-    return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas)
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
+                               fused=fused)
+    return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, fused=fused)
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, power: float = 0.9,
@@ -201,17 +208,39 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, pow
     return 1.0
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig,
-                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-step LambdaLR implementing :func:`lr_factor`."""
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig, steps_per_epoch: int,
+                    budget: TimeBudget | None = None) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-step LambdaLR implementing :func:`lr_factor`.
+
+    The schedule's length is ``train.epochs`` epochs, or with a time budget the steps that
+    fit in it (at most ``train.epochs`` epochs when both are given), re-estimated by the
+    budget as training goes.
+    """
     o = cfg.optim
-    total = cfg.train.epochs * steps_per_epoch
+    epoch_steps = max_epochs(cfg) * steps_per_epoch if max_epochs(cfg) else None
     warmup = o.warmup_steps or round(o.warmup_epochs * steps_per_epoch)
 
     def factor(step: int) -> float:
+        total = epoch_steps if budget is None else budget.total_steps(epoch_steps or step + 1)
         return lr_factor(step, total, warmup, o.schedule, o.power, o.min_lr_ratio, o.warmup_factor)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def max_epochs(cfg: RunConfig) -> int | None:
+    """``train.epochs``; unset, 10 without a time budget and no limit with one."""
+    if cfg.train.epochs is not None:
+        return cfg.train.epochs
+    return None if cfg.train.max_minutes is not None else DEFAULT_EPOCHS
+
+
+def set_schedule_end(t: "Trainee") -> None:
+    """A budgeted run stops here: its schedule ends at this step, so the learning rate the
+    optimiser holds (and the log shows) is the schedule's end value."""
+    t.budget.set_total(t.progress.step)
+    for group, base, fn in zip(t.optimizer.param_groups, t.scheduler.base_lrs,
+                               t.scheduler.lr_lambdas):
+        group["lr"] = base * fn(t.progress.step)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,6 +295,8 @@ class Progress:
     loss_count: int = 0
     images: int = 0
     time_s: float = 0.0
+    elapsed_s: float = 0.0    # wall time of the whole run so far (the time budget's clock)
+    budget_spent: bool = False
 
     def state_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -288,6 +319,7 @@ class Trainee:
     ignore_index: int
     progress: Progress
     save: Callable[[], None]      # writes last.pt (rank 0 only)
+    budget: TimeBudget | None = None
 
     @property
     def device(self) -> torch.device:
@@ -296,6 +328,10 @@ class Trainee:
     @property
     def sampler(self) -> EpochBatchSampler:
         return self.train_loader.batch_sampler  # type: ignore[return-value]
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.sampler.num_batches // self.cfg.optim.grad_accum
 
     @property
     def amp(self) -> bool:
@@ -323,7 +359,19 @@ def _optimizer_step(t: Trainee) -> None:
     t.scaler.step(t.optimizer)
     t.scaler.update()
     t.optimizer.zero_grad(set_to_none=True)
+    t.progress.step += 1
+    if t.budget is not None:
+        # Re-estimate the schedule's length before the scheduler reads it; every process
+        # takes rank 0's estimate so that all of them use one learning rate.
+        t.budget.mark_step()
+        epochs = max_epochs(t.cfg)
+        total = t.budget.update_total(t.progress.step, epochs and epochs * t.steps_per_epoch)
+        t.budget.set_total(ddp.broadcast_int(total, t.dist))
     t.scheduler.step()
+
+
+def _budget_spent(t: Trainee) -> bool:
+    return t.budget is not None and ddp.broadcast_flag(t.budget.exhausted(), t.dist)
 
 
 def _kept_message(t: Trainee) -> str:
@@ -367,6 +415,9 @@ def train_one_epoch(t: Trainee, epoch: int, bar: Any = None) -> dict[str, float]
     t.optimizer.zero_grad(set_to_none=True)
     start = time.perf_counter() - p.time_s
     for b, (images, masks) in enumerate(t.train_loader, start=p.batch):
+        if b % accum == 0 and _budget_spent(t):  # stop between optimiser steps only
+            p.budget_spent = True
+            break
         images, masks = t.to_device(images, masks)
         last_micro = (b + 1) % accum == 0
         # Skip the gradient all-reduce on accumulation micro-steps (DDP no_sync).
@@ -375,13 +426,12 @@ def train_one_epoch(t: Trainee, epoch: int, bar: Any = None) -> dict[str, float]
         with sync:
             with t.autocast():
                 logits = forward_full(t.model, images)
-                loss = t.criterion(logits.float(), masks)
+                loss = t.criterion(logits, masks)  # cast to float32 by the criterion
             value = loss.item()
             _check_finite(value, t, b)
             t.scaler.scale(loss / accum).backward()
         if last_micro:
             _optimizer_step(t)
-            p.step += 1
         p.loss_sum += value * images.shape[0]
         p.loss_count += images.shape[0]
         p.images += images.shape[0] * t.dist.world_size
@@ -459,6 +509,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def training_state(t: Trainee) -> dict[str, Any]:
+    if t.budget is not None:
+        t.progress.elapsed_s = t.budget.elapsed()
     return {
         "optimizer": t.optimizer.state_dict(),
         "scheduler": t.scheduler.state_dict(),
@@ -475,8 +527,12 @@ def restore(t: Trainee, ckpt: dict[str, Any], path: Path) -> None:
     training = ckpt.get("training")
     if not training:
         raise CheckpointError(f"{path}: has no training state to resume from")
+    net = getattr(t.model, "module", t.model)
+    mismatch = state_dict_mismatch(net, ckpt["state_dict"])
+    if mismatch:
+        raise CheckpointError(f"{path}: weights do not fit this config's model: {mismatch}")
     try:
-        getattr(t.model, "module", t.model).load_state_dict(ckpt["state_dict"], strict=True)
+        net.load_state_dict(ckpt["state_dict"], strict=True)
         t.optimizer.load_state_dict(training["optimizer"])
     except (RuntimeError, ValueError, KeyError) as e:
         raise CheckpointError(f"{path}: does not match this config's model/optimiser: {e}") from e
@@ -521,6 +577,10 @@ def _prepare_run_dir(cfg: RunConfig, resume: bool) -> Path:
                                  f"continue it, or set output.name=... or output.overwrite=true")
         shutil.rmtree(run_dir / "checkpoints")
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    # A run killed during a write leaves its temporary behind; nothing else writes here.
+    for folder in (run_dir, run_dir / "checkpoints"):
+        for stale in remove_stale_temporaries(folder):
+            log.info("removed %s, left by a write that was killed", stale)
     return run_dir
 
 
@@ -653,6 +713,32 @@ def _loaders(cfg: RunConfig, train_ds, val_ds, transform, info: ddp.DistInfo):
     return train_loader, val_loader
 
 
+def build_budget(cfg: RunConfig, train_ds, val_loader: DataLoader | None,
+                 steps_per_epoch: int) -> TimeBudget | None:
+    """The run's :class:`TimeBudget` from ``train.max_minutes`` (None without one).
+
+    The pixels of a validation pass and of a training step let the budget guess the cost of
+    the validations still to come before it has timed one.
+    """
+    tc = cfg.train
+    if tc.max_minutes is None:
+        return None
+    crop = cfg.data.crop_size
+    if crop is None:
+        train_hw = train_ds.read_raw(0)[1].shape
+    else:
+        train_hw = (crop, crop) if isinstance(crop, int) else tuple(crop)
+    train_pixels = math.prod(train_hw) * cfg.data.batch_size * cfg.optim.grad_accum
+    val_pixels = 0
+    if val_loader is not None:
+        val_ds = val_loader.dataset
+        val_pixels = math.prod(val_ds[0][1].shape) * len(val_ds)
+    return TimeBudget(60 * tc.max_minutes, val_pixels=val_pixels,
+                      train_pixels_per_step=train_pixels,
+                      steps_per_validation=(tc.val_every * steps_per_epoch
+                                            if val_loader is not None else None))
+
+
 def _improved(value: float | None, best: float | None, mode: str) -> bool:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return False
@@ -677,6 +763,13 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
         ConfigError, DataError: bad config or data (before any training).
         PixelwiseError: the loss became NaN/inf (the last good checkpoint is kept).
     """
+    from .preflight import preflight
+
+    preflight(cfg)  # values that validate but would fail later: before any folder is made
+    if cfg.train.tune_allocator:
+        from .allocator import tune_malloc
+
+        tune_malloc()
     info = ddp.init_distributed(cfg.train.device)
     try:
         return _train(cfg, resume, info)
@@ -685,7 +778,7 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
 
 
 def _train(cfg: RunConfig, resume: bool, info: ddp.DistInfo) -> Path:
-    from ..losses import build_loss
+    from ..losses import DeepSupervisionLoss, build_loss
     from ..models import build_model
 
     cfg = resolve_data_paths(cfg)
@@ -705,14 +798,17 @@ def _train(cfg: RunConfig, resume: bool, info: ddp.DistInfo) -> Path:
         model.to(memory_format=torch.channels_last)
     loss_kwargs = {"ignore_index": train_ds.ignore_index, **cfg.loss.kwargs}
     try:
-        criterion = build_loss(cfg.loss.name, **loss_kwargs).to(info.device)
+        # The wrapper averages over the heads of a deeply supervised model (a list of
+        # logits in training) and is the loss itself for one tensor.
+        criterion = DeepSupervisionLoss(build_loss(cfg.loss.name, **loss_kwargs)).to(info.device)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"loss: {e}") from e
 
     train_loader, val_loader = _loaders(cfg, train_ds, val_ds, transform, info)
     steps_per_epoch = len(train_loader.batch_sampler) // cfg.optim.grad_accum
     optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
+    budget = build_budget(cfg, train_ds, val_loader, steps_per_epoch)
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch, budget)
     use_amp = cfg.train.amp and info.device.type == "cuda"
     scaler = torch.amp.GradScaler(info.device.type, enabled=use_amp)
     config_dict = config_to_dict(cfg)
@@ -734,7 +830,8 @@ def _train(cfg: RunConfig, resume: bool, info: ddp.DistInfo) -> Path:
     t = Trainee(cfg=cfg, dist=info, model=model, criterion=criterion, optimizer=optimizer,
                 scheduler=scheduler, scaler=scaler, train_loader=train_loader,
                 val_loader=val_loader, num_classes=train_ds.num_classes,
-                ignore_index=train_ds.ignore_index, progress=Progress(), save=save_last)
+                ignore_index=train_ds.ignore_index, progress=Progress(), save=save_last,
+                budget=budget)
     last = run_dir / "checkpoints" / "last.pt"
     if resume and last.is_file():
         restore(t, read_checkpoint(last), last)
@@ -747,6 +844,8 @@ def _train(cfg: RunConfig, resume: bool, info: ddp.DistInfo) -> Path:
     if info.is_main:
         dump_config(cfg, run_dir / "config.yaml")
         write_metrics_csv(run_dir / "metrics.csv", t.progress.history)
+    if budget is not None:
+        budget.start(t.progress.elapsed_s)
     _fit(t, checkpoint_dict, run_dir)
     ddp.barrier(info)
     return run_dir
@@ -756,9 +855,9 @@ def _fit(t: Trainee, checkpoint_dict: Callable[[], dict], run_dir: Path) -> None
     cfg, p, info = t.cfg, t.progress, t.dist
     writer = _tensorboard(cfg, run_dir) if info.is_main else None
     sampler = t.sampler
-    started = time.monotonic()
+    epochs = max_epochs(cfg)
     try:
-        while p.epoch < cfg.train.epochs:
+        while (epochs is None or p.epoch < epochs) and not p.budget_spent:
             epoch = p.epoch
             sampler.set_epoch(epoch, skip=p.batch)
             bar = _progress_bar(t, epoch, sampler)
@@ -767,11 +866,17 @@ def _fit(t: Trainee, checkpoint_dict: Callable[[], dict], run_dir: Path) -> None
             finally:
                 if bar is not None:
                     bar.close()
+            # An epoch that ends when one more step would not fit ends the run now.
+            p.budget_spent = p.budget_spent or _budget_spent(t)
+            if p.budget_spent:
+                set_schedule_end(t)
+                log.info("stopping at step %d: train.max_minutes=%g reached", p.step,
+                         cfg.train.max_minutes)
             entry.update(step=p.step, lr=t.optimizer.param_groups[0]["lr"])
             stop = False
             if t.val_loader is not None and ((epoch + 1) % cfg.train.val_every == 0
-                                             or epoch + 1 == cfg.train.epochs):
-                entry.update(validate(t))
+                                             or epoch + 1 == epochs or p.budget_spent):
+                entry.update(_timed_validation(t))
                 stop = _track_best(t, entry)
             p.history.append(entry)
             p.epoch, p.batch = epoch + 1, 0
@@ -791,16 +896,22 @@ def _fit(t: Trainee, checkpoint_dict: Callable[[], dict], run_dir: Path) -> None
                 log.info("early stopping after epoch %d: %s has not improved for %d validations",
                          epoch + 1, cfg.train.best_metric, p.bad_validations)
                 break
-            budget = cfg.train.max_minutes
-            if budget is not None and ddp.broadcast_flag(
-                    time.monotonic() - started > 60 * budget, info):
-                log.info("stopping after epoch %d: train.max_minutes=%g reached", epoch + 1, budget)
-                break
         if info.is_main:
             _finish(t, checkpoint_dict, run_dir)
     finally:
         if writer is not None:
             writer.close()
+
+
+def _timed_validation(t: Trainee) -> dict[str, Any]:
+    """:func:`validate`, its time told to the budget (it counts against it)."""
+    if t.budget is None:
+        return validate(t)
+    t.budget.pause()
+    start = time.monotonic()
+    out = validate(t)
+    t.budget.record_validation(time.monotonic() - start)
+    return out
 
 
 def _track_best(t: Trainee, entry: dict[str, Any]) -> bool:
@@ -828,8 +939,9 @@ def _progress_bar(t: Trainee, epoch: int, sampler: EpochBatchSampler):
         return None
     from tqdm.auto import tqdm
 
+    epochs = max_epochs(t.cfg)
     return tqdm(total=sampler.num_batches, initial=sampler.skip, leave=False, dynamic_ncols=True,
-                desc=f"epoch {epoch + 1}/{t.cfg.train.epochs}", unit="batch")
+                desc=f"epoch {epoch + 1}/{epochs or '?'}", unit="batch")
 
 
 def _log_epoch(entry: dict[str, Any], writer) -> None:

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .backbones.resnet import ResNet50Encoder, resnet_state_dict_for_encoder
+from .backbones.resnet import ResNet34Encoder, ResNet50Encoder, resnet_state_dict_for_encoder
 from .backbones.vgg import VGG16Encoder, vgg16_state_dict_for_encoder
 from . import _checks
 from .registry import register_model
@@ -25,6 +25,19 @@ from .unet import DoubleConv
 from .weights import load_pretrained
 
 DECODER_CHANNELS = (256, 128, 64, 32, 16)
+
+
+def init_decoder(blocks: nn.Module, head: nn.Conv2d) -> None:
+    """He-uniform (fan-in) decoder convolutions and a Glorot-uniform head, biases at zero:
+    the usual initialisation of U-Net decoders on pretrained or from-scratch encoders
+    (segmentation_models.pytorch's), instead of PyTorch's narrower default."""
+    for m in blocks.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_uniform_(m.weight, mode="fan_in", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    nn.init.xavier_uniform_(head.weight)
+    nn.init.zeros_(head.bias)
 
 
 class EncoderUNet(nn.Module):
@@ -58,6 +71,7 @@ class EncoderUNet(nn.Module):
         self.blocks = nn.ModuleList(DoubleConv(widths[k] + skip_widths[k], widths[k + 1], 1, True)
                                     for k in range(n_blocks))
         self.head = nn.Conv2d(widths[-1], num_classes, 1)
+        init_decoder(self.blocks, self.head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _checks.check_min_size(x, self.min_size, "this encoder's U-Net")
@@ -101,4 +115,19 @@ def resnet50_unet(in_channels: int = 3, num_classes: int = 1,
                         decoder_channels)
     load_pretrained(model.encoder, pretrained, "resnet50",
                     lambda state: resnet_state_dict_for_encoder(state, in_channels, 50))
+    return model
+
+
+@register_model
+def resnet34_unet_concat(in_channels: int = 3, num_classes: int = 2,
+                         decoder_channels: Sequence[int] = DECODER_CHANNELS,
+                         pretrained: bool | str | None = None) -> EncoderUNet:
+    """U-Net on ResNet34 with concatenated skips (stem at stride 2, layer1-3; bottom: layer4
+    at 32): segmentation_models.pytorch's ``Unet("resnet34")`` layout, next to the LinkNet
+    decoder of ``resnet34_unet``. ``pretrained``: True (torchvision URL), or a path or URL of
+    torchvision ResNet34 weights."""
+    model = EncoderUNet(ResNet34Encoder(in_channels, with_stem=True), num_classes,
+                        decoder_channels)
+    load_pretrained(model.encoder, pretrained, "resnet34",
+                    lambda state: resnet_state_dict_for_encoder(state, in_channels, 34))
     return model

@@ -34,6 +34,16 @@ class DoubleConv(nn.Sequential):
         super().__init__(*layers)
 
 
+def _pad_needed(dh: int, dw: int) -> bool:
+    """Eager mode skips a pad of zero (F.pad would still copy the map, forward and
+    backward); a traced graph (torch.export, torch.compile) always pads, because its sizes
+    are symbolic and one graph must serve odd and even sizes alike."""
+    if torch.jit.is_scripting():
+        return dh != 0 or dw != 0
+    symbolic = not (isinstance(dh, int) and isinstance(dw, int))  # SymInt under export
+    return symbolic or torch.compiler.is_compiling() or dh != 0 or dw != 0
+
+
 class Up(nn.Module):
     """Upsample by 2 halving the channels, join the skip by concatenation, then DoubleConv."""
 
@@ -63,7 +73,8 @@ class Up(nn.Module):
             skip = skip[..., dh // 2:dh // 2 + x.shape[-2], dw // 2:dw // 2 + x.shape[-1]]
         else:
             # same padding: a skip of odd size is one pixel larger than the upsampled map.
-            x = F.pad(x, [0, dw, 0, dh])
+            if _pad_needed(dh, dw):
+                x = F.pad(x, [0, dw, 0, dh])
         return self.conv(torch.cat([skip, x], dim=1))
 
 

@@ -62,6 +62,18 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
+def init_resnet(module: nn.Module) -> None:
+    """torchvision's ResNet initialisation: He-normal convolutions (fan-out), BatchNorm at
+    weight 1 and bias 0. It matters when training from scratch: PyTorch's default conv
+    init is about 2.4x narrower, which under Adam reads as a larger learning rate."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 class ResNetEncoder(nn.Module):
     """A ResNet without its classifier. ``forward`` returns the four stage outputs.
 
@@ -95,6 +107,7 @@ class ResNetEncoder(nn.Module):
                                           stride if j == 0 else 1) for j in range(n)])
             setattr(self, f"layer{i + 1}", layer)
             c_in = c * block.expansion
+        init_resnet(self)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.relu(self.bn1(self.conv1(x)))

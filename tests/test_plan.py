@@ -1,0 +1,114 @@
+"""The planner: fingerprints of data with known content, the rules' choices, and a planned run."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+from PIL import Image
+
+from pixelwise.cli import cli
+from pixelwise.config import load_config
+from pixelwise.plan import Fingerprint, fingerprint, plan, sqrt_weights
+
+
+def write_known_dataset(root: Path, n: int = 3, shape: tuple[int, int] = (40, 64)) -> Path:
+    """Images of constant colour (0.2, 0.4, 0.6) x 255; masks: top half class 0, bottom
+    left quarter class 1, bottom right quarter class 2 -> frequencies 1/2, 1/4, 1/4."""
+    h, w = shape
+    for split in ("train", "val"):
+        (root / split / "images").mkdir(parents=True)
+        (root / split / "masks").mkdir(parents=True)
+        for i in range(n):
+            image = np.empty((h, w, 3), np.uint8)
+            image[:] = (51, 102, 153)
+            mask = np.zeros((h, w), np.uint8)
+            mask[h // 2:, : w // 2] = 1
+            mask[h // 2:, w // 2:] = 2
+            Image.fromarray(image).save(root / split / "images" / f"{i}.png")
+            Image.fromarray(mask).save(root / split / "masks" / f"{i}.png")
+    spec = {"name": "known", "root": ".", "class_names": ["bg", "a", "b"], "channels": 3,
+            "mask": {"encoding": "indices"},
+            "splits": {s: {"images": f"{s}/images/*.png", "masks": f"{s}/masks/{{name}}"}
+                       for s in ("train", "val")}}
+    path = root / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_fingerprint_of_known_data(tmp_path):
+    fp = fingerprint(write_known_dataset(tmp_path))
+    assert fp.num_images == 3 and fp.median_size == (40, 64) and fp.channels == 3
+    assert fp.class_frequency == pytest.approx([0.5, 0.25, 0.25])
+    assert fp.foreground_fraction == pytest.approx(0.5)
+    # every class in every image: freq = pixel share; median 0.25 -> weights 0.5, 1, 1
+    assert fp.class_weights == pytest.approx([0.5, 1.0, 1.0])
+    assert fp.mean == pytest.approx([0.2, 0.4, 0.6], abs=1e-6)
+    assert fp.std == pytest.approx([0.0, 0.0, 0.0], abs=1e-6)
+
+
+def scene(**kw) -> Fingerprint:
+    base = dict(num_images=367, median_size=(360, 480), channels=3, num_classes=11,
+                class_frequency=[0.1] * 11, class_weights=[0.25, 1.0, 9.0, 4.0] + [1.0] * 7,
+                foreground_fraction=0.9, mean=[0.4] * 3, std=[0.3] * 3)
+    return Fingerprint(**{**base, **kw})
+
+
+def test_scene_plan_resnet_concat_sqrt_weights_hflip_only():
+    raw = plan(scene(), {"preset": "camvid", "root": "/data"}, minutes=15)
+    assert raw["model"]["name"] == "resnet34_unet_concat"
+    assert raw["data"]["crop_size"] == 256 and raw["data"]["batch_size"] == 4
+    assert raw["loss"] == {"name": "ce", "kwargs": {"class_weights":
+                                                    [0.5, 1.0, 3.0, 2.0] + [1.0] * 7}}
+    assert raw["augment"] == {"hflip": 0.5}
+    assert raw["train"]["max_minutes"] == 15.0
+    assert raw["data"]["spec"] == {"preset": "camvid", "root": "/data", "mean": [0.4] * 3,
+                                   "std": [0.3] * 3}
+
+
+def test_binary_plan_unet_dice_ce_all_flips_and_crop_from_size():
+    vessels = scene(num_classes=2, median_size=(584, 565), class_frequency=[0.91, 0.09],
+                    class_weights=[0.55, 5.6], foreground_fraction=0.09)
+    raw = plan(vessels, {"preset": "drive", "root": "/d"}, minutes=10)
+    assert raw["model"] == {"name": "unet", "kwargs": {"base_channels": 16, "depth": 4,
+                                                       "padding": "same", "batch_norm": True}}
+    assert raw["loss"] == {"name": "dice_ce", "kwargs": {"mode": "multiclass"}}
+    assert raw["augment"] == {"hflip": 0.5, "vflip": 0.5, "rotate90": True}
+    assert raw["data"]["crop_size"] == 256
+    # small grey images: crop = largest multiple of 32 in the short side; shallower U-Net
+    grey = scene(channels=1, num_classes=4, median_size=(100, 140), mean=[0.5], std=[0.2])
+    raw = plan(grey, {"root": "/g"}, minutes=5)
+    assert raw["data"]["crop_size"] == 96
+    assert raw["model"]["name"] == "unet" and raw["model"]["kwargs"]["depth"] == 2
+    assert raw["loss"]["name"] == "ce"
+    assert plan(scene(median_size=(40, 50)), {}, 1)["data"]["crop_size"] == 64
+
+
+def test_sqrt_weights_keep_unseen_classes_at_zero():
+    assert sqrt_weights([4.0, 0.0, 0.25]) == [2.0, 0.0, 0.5]
+
+
+def test_planned_run_writes_a_config_that_reruns(tmp_path, monkeypatch, one_thread):
+    spec = write_known_dataset(tmp_path / "data", n=4, shape=(64, 64))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["train", "--data", str(spec), "--minutes", "0.05",
+                                      "--set", "train.progress=false"])
+    assert result.exit_code == 0, result.output
+    assert "plan for known (4 training images, median 64x64, 3 classes" in result.output
+    run = tmp_path / "runs" / "planned_known"
+    fp = json.loads((run / "fingerprint.json").read_text())
+    assert fp["class_frequency"] == pytest.approx([0.5, 0.25, 0.25])
+    cfg = load_config(run / "config.yaml")
+    assert cfg.model.name == "resnet34_unet_concat" and cfg.data.crop_size == 64
+    assert cfg.train.max_minutes == 0.05
+    assert (run / "checkpoints" / "best.pt").is_file()
+
+
+def test_train_without_config_or_data_is_a_usage_error(tmp_path):
+    result = CliRunner().invoke(cli, ["train"])
+    assert result.exit_code == 2 and "--data SPEC" in result.output
+    result = CliRunner().invoke(cli, ["train", "--data", "camvid", "--root", str(tmp_path)])
+    assert result.exit_code == 2 and "--minutes" in result.output
