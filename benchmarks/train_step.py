@@ -181,7 +181,7 @@ def worker(side: str, name: str, steps: int) -> dict:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(BATCH, 3, SIZE, SIZE, generator=gen)
     y = torch.randint(0, CLASSES, (BATCH, SIZE, SIZE), generator=gen)
-    for _ in range(2):  # warm-up: first allocations
+    for _ in range(1):  # warm-up: first allocations
         step(x, y)
     times = []
     for _ in range(steps):

@@ -48,9 +48,8 @@ DATA = ROOT.parent / "shared" / "data"
 # in_channels / num_classes to the data set's.
 ZOO = {
     "unet": dict(base_channels=64, batch_norm=True),
-    # Deep supervision trains on a list of heads: switch it on here once the trainer wraps
-    # its criterion in pixelwise.losses.DeepSupervisionLoss.
-    "unet_plus_plus": dict(base_channels=32, deep_supervision=False),
+    # Deep supervision: trained on the mean of the four heads' losses, scored on the last.
+    "unet_plus_plus": dict(base_channels=32, deep_supervision=True),
     "attention_unet": {},
     "r2unet": dict(t=2),
     "r2attention_unet": dict(t=2),
@@ -59,6 +58,7 @@ ZOO = {
     "resnet34_unet": {},
     "vgg16_unet": {},
     "resnet50_unet": {},
+    "resnet34_unet_concat": {},
     "fcn8s": {},
 }
 DATASETS = ("isbi2012", "drive")

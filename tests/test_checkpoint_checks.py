@@ -92,3 +92,18 @@ def test_state_dict_mismatch_in_a_few_words(tmp_path):
     assert "\n" not in message and len(message) < 400 + len(str(path))
     half = len(state) // 2
     assert f"{half} key(s) missing (" in message and f"{half} key(s) unexpected (module." in message
+
+
+def test_cli_options_that_would_fail_later_are_refused_up_front(tmp_path, capsys):
+    path = saved(tmp_path)
+    # a depth-2 U-Net needs 4 px: a 2 px example would fail inside the ONNX exporter
+    for argv, key in ((["export", "-c", str(path), "-o", str(tmp_path / "m.onnx"),
+                        "--example-size", "2"], "--example-size"),
+                      (["evaluate", "-c", str(path), "-d", "camvid", "--root", str(tmp_path),
+                        "-o", str(tmp_path / "e"), "--device", "gpu0"], "--device")):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert key in err and "Traceback" not in err
+    assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "e").exists()

@@ -87,8 +87,8 @@ def test_dump_and_reload_round_trip_and_default_run_name(tmp_path):
 
 def test_recipes_exist():
     names = {p.name for p in RECIPES}
-    assert {"fcn8s_camvid.yaml", "fcn8s_voc.yaml", "unet_isbi2012.yaml", "unet_drive.yaml",
-            "resnet34_unet_camvid.yaml"} <= names
+    assert {"fcn8s_camvid.yaml", "fcn8s_voc.yaml", "unet_isbi2012.yaml", "drive.yaml",
+            "camvid.yaml"} <= names
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)

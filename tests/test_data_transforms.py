@@ -126,3 +126,24 @@ def test_dataloader_workers_are_seeded_by_torch(tmp_path):
     first, second = run(), run()
     assert torch.equal(first, second)
     assert not torch.equal(first[0], first[2])  # workers do not repeat each other's draws
+
+
+def test_balanced_crop_reaches_a_rare_class_half_the_time():
+    # A 5x3 patch of class 1 in a 100x120 mask of class 0 (and an ignored band): a uniform
+    # 32-px crop holds it with probability about 36*34/(69*89) = 0.2 (0.6% of pixels);
+    # balanced=1 draws class 1 or 0 with equal odds, so at least half the crops hold it.
+    mask = np.zeros((100, 120), np.int64)
+    mask[90:95, 3:6] = 1
+    mask[:2] = 255
+    image = np.arange(100 * 120 * 3, dtype=np.float32).reshape(100, 120, 3)
+    rng = np.random.default_rng(0)
+    balanced, uniform = RandomCrop(32, 255, balanced=1.0), RandomCrop(32, 255)
+    hits = [(balanced(image, mask, rng)[1] == 1).any() for _ in range(400)]
+    assert 0.5 <= np.mean(hits) <= 0.7
+    assert np.mean([(uniform(image, mask, rng)[1] == 1).any() for _ in range(400)]) < 0.3
+    # the crop stays aligned and inside the image
+    img, m = balanced(image, mask, rng)
+    y, x = np.unravel_index(int(img[0, 0, 0]) // 3, (100, 120))
+    assert m.shape == (32, 32) and np.array_equal(m, mask[y:y + 32, x:x + 32])
+    with pytest.raises(ConfigError, match="augment.balanced_crop"):
+        build_transforms({"crop": 32, "balanced_crop": 2}, train=True, ignore_index=255)

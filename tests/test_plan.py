@@ -57,13 +57,13 @@ def scene(**kw) -> Fingerprint:
     return Fingerprint(**{**base, **kw})
 
 
-def test_scene_plan_resnet_concat_sqrt_weights_hflip_only():
+def test_scene_plan_resnet_concat_sqrt_weights_balanced_crops_hflip_only():
     raw = plan(scene(), {"preset": "camvid", "root": "/data"}, minutes=15)
     assert raw["model"]["name"] == "resnet34_unet_concat"
     assert raw["data"]["crop_size"] == 256 and raw["data"]["batch_size"] == 4
     assert raw["loss"] == {"name": "ce", "kwargs": {"class_weights":
                                                     [0.5, 1.0, 3.0, 2.0] + [1.0] * 7}}
-    assert raw["augment"] == {"hflip": 0.5}
+    assert raw["augment"] == {"hflip": 0.5, "balanced_crop": 0.5}
     assert raw["train"]["max_minutes"] == 15.0
     assert raw["data"]["spec"] == {"preset": "camvid", "root": "/data", "mean": [0.4] * 3,
                                    "std": [0.3] * 3}
@@ -112,3 +112,23 @@ def test_train_without_config_or_data_is_a_usage_error(tmp_path):
     assert result.exit_code == 2 and "--data SPEC" in result.output
     result = CliRunner().invoke(cli, ["train", "--data", "camvid", "--root", str(tmp_path)])
     assert result.exit_code == 2 and "--minutes" in result.output
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["camvid", "drive"])
+def test_the_default_recipes_are_what_the_planner_plans(name):
+    # The recipes are the plans written out: a planned run on the shared data is the recipe.
+    root = REPO.parent / "shared" / "data" / name
+    if not root.is_dir():
+        pytest.skip(f"{root} not present")
+    recipe = load_config(REPO / "recipes" / f"{name}.yaml")
+    fp = fingerprint({"preset": name, "root": str(root)})
+    planned = load_config(raw=plan(fp, {"preset": name, "root": "../shared/data/" + name},
+                                   recipe.train.max_minutes))
+    for section in ("model", "augment", "optim", "loss"):
+        assert getattr(planned, section) == getattr(recipe, section), section
+    assert planned.data.model_dump() == recipe.data.model_dump()
+    assert planned.train.max_minutes == recipe.train.max_minutes
+    assert planned.train.val_every == recipe.train.val_every

@@ -22,7 +22,9 @@ The rules, and why (figures in ``recipes/README.md``):
   root keeps the order of the weights and shrinks their range (68x -> 8x on CamVid).
 - **Normalisation**: the channel mean / std of the training images.
 - **Augmentation**: horizontal flips always; vertical flips and 90-degree turns only for
-  data without a canonical up (anything but colour scenes).
+  data without a canonical up (anything but colour scenes). In scenes half of the crops are
+  placed on a class drawn uniformly from those present (nnU-Net's foreground oversampling,
+  per class), so poles and signs reach the loss.
 - **Schedule**: AdamW, lr 1e-3, a short warm-up, cosine decay laid over the budget
   (``train.max_minutes``); one validation at the end, so the budget buys training steps.
 """
@@ -40,7 +42,8 @@ MAX_CROP = 256
 MIN_CROP = 64
 BATCH = 4
 UNET_BASE = 16
-MAX_IMAGES = 200  # images decoded for the fingerprint (statistics on a seeded sample)
+BALANCED_CROP = 0.5  # share of crops placed on a class drawn uniformly (scenes)
+MAX_IMAGES = 200  # images decoded for the fingerprint (the first, in path order)
 
 
 @dataclass
@@ -119,7 +122,7 @@ def loss_section(fp: Fingerprint) -> dict[str, Any]:
 
 def augment_section(fp: Fingerprint) -> dict[str, Any]:
     if is_scene(fp):
-        return {"hflip": 0.5}
+        return {"hflip": 0.5, "balanced_crop": BALANCED_CROP}
     return {"hflip": 0.5, "vflip": 0.5, "rotate90": True}
 
 

@@ -62,7 +62,7 @@ def cli() -> None:
     \b
     Example:
       pixelwise demo --output demo_output
-      pixelwise train recipes/unet_drive.yaml --set optim.lr=0.01
+      pixelwise train recipes/drive.yaml --set optim.lr=0.01
     """
 
 

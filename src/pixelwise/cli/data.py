@@ -31,7 +31,7 @@ def _spec(spec: str, root: str | None):
 @click.option("--root", type=click.Path(file_okay=False), default=None,
               help="Data folder (overrides the spec's root; required for presets).")
 @click.option("--split", "splits", multiple=True, help="Split to check (repeatable; default all).")
-@click.option("--max-images", type=int, default=None,
+@click.option("--max-images", type=click.IntRange(min=0), default=None,
               help="Decode at most N samples per split for the statistics.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the report as JSON to this file.")
@@ -63,7 +63,7 @@ def check(spec: str, root: str | None, splits: tuple[str, ...], max_images: int 
 @click.option("--root", type=click.Path(file_okay=False), default=None,
               help="Data folder (overrides the spec's root; required for presets).")
 @click.option("--split", default="train", show_default=True, help="Split to measure.")
-@click.option("--max-images", type=int, default=None, help="Use at most N samples.")
+@click.option("--max-images", type=click.IntRange(min=0), default=None, help="Use at most N samples.")
 def stats(spec: str, root: str | None, split: str, max_images: int | None) -> None:
     """Print a split's channel mean/std and median-frequency class weights as YAML lines
     ready to paste into a dataset spec.

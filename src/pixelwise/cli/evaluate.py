@@ -37,12 +37,16 @@ def command(checkpoint: str, spec: str | None, root: str | None, split: str, out
       pixelwise evaluate --checkpoint runs/fcn8s_camvid/checkpoints/best.pt \\
           --data camvid.yaml --split val --output eval/camvid
       pixelwise evaluate -c best.pt -d drive --root ../shared/data/drive -o eval
-      pixelwise evaluate -c runs/unet_drive/checkpoints/best.pt -o eval   # its own data
+      pixelwise evaluate -c runs/drive/checkpoints/best.pt -o eval   # its own data
     """
     from ..checkpoint import read_checkpoint
     from ..data import load_spec
     from ..engine.evaluate import evaluate
+    from ..engine.preflight import device_problem
 
+    problem = device_problem(device)
+    if problem is not None:
+        raise click.BadParameter(problem, param_hint="--device")
     if spec is None:
         spec = ((read_checkpoint(checkpoint).get("config") or {}).get("data") or {}).get("spec")
         if spec is None:

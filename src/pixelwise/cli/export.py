@@ -35,6 +35,8 @@ def command(checkpoint, fmt, output, opset, example_size, fold_bn, verify) -> No
     from ..errors import PixelwiseError
 
     ckpt = load_checkpoint(checkpoint)
+    if example_size is not None:
+        _check_example_size(ckpt, example_size)
     if fmt == "onnx":
         from ..export import export_onnx
 
@@ -69,3 +71,13 @@ def _verify_onnx(ckpt, path) -> float:
         got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
         error = max(error, float(np.abs(got - want).max()))
     return error
+
+
+def _check_example_size(ckpt, size: int) -> None:
+    """An example smaller than the model takes would fail deep inside the exporter."""
+    from ..models.probe import meta_model, min_input_size
+
+    minimum = min_input_size(meta_model(ckpt.model_name, ckpt.model_kwargs), ckpt.in_channels)
+    if size < minimum:
+        raise click.BadParameter(f"{size} is smaller than the {minimum} px side "
+                                 f"{ckpt.model_name} takes", param_hint="--example-size")

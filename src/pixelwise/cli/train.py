@@ -31,7 +31,7 @@ def command(config: str | None, spec: str | None, root: str | None, minutes: flo
 
     \b
     Examples:
-      pixelwise train recipes/unet_drive.yaml
+      pixelwise train recipes/drive.yaml
       pixelwise train recipes/camvid.yaml --minutes 15
       pixelwise train --data camvid --root ../shared/data/camvid --minutes 15
       pixelwise train recipes/fcn8s_camvid.yaml --set optim.lr=1e-4 --set train.epochs=5

@@ -85,11 +85,18 @@ class RandomScale:
 
 
 class RandomCrop:
-    """Random ``size`` crop; smaller inputs are padded (image 0, mask ``ignore_index``)."""
+    """Random ``size`` crop; smaller inputs are padded (image 0, mask ``ignore_index``).
 
-    def __init__(self, size: int | Sequence[int], ignore_index: int):
+    With probability ``balanced`` the crop is placed around a pixel of one class, chosen
+    uniformly among the classes present (nnU-Net's foreground oversampling, per class):
+    rare classes (poles, signs, pedestrians) then reach the loss as often as any other, which
+    a uniform crop of a road scene almost never gives them.
+    """
+
+    def __init__(self, size: int | Sequence[int], ignore_index: int, balanced: float = 0.0):
         self.size = (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
         self.ignore_index = ignore_index
+        self.balanced = float(balanced)
 
     def __call__(self, image, mask, rng):
         (ch, cw), (h, w) = self.size, mask.shape
@@ -97,9 +104,22 @@ class RandomCrop:
         if ph or pw:
             image = np.pad(image, ((0, ph), (0, pw), (0, 0)))
             mask = np.pad(mask, ((0, ph), (0, pw)), constant_values=self.ignore_index)
-        y = int(rng.integers(0, mask.shape[0] - ch + 1))
-        x = int(rng.integers(0, mask.shape[1] - cw + 1))
+        y, x = self._corner(mask, rng)
         return image[y:y + ch, x:x + cw], mask[y:y + ch, x:x + cw]
+
+    def _corner(self, mask: np.ndarray, rng) -> tuple[int, int]:
+        (ch, cw), (h, w) = self.size, mask.shape
+        if self.balanced > 0 and rng.random() < self.balanced:
+            classes = np.unique(mask)
+            classes = classes[classes != self.ignore_index]
+            if classes.size:
+                ys, xs = np.nonzero(mask == rng.choice(classes))
+                k = int(rng.integers(len(ys)))
+                # Any window that holds the pixel, clipped to the image.
+                y = int(rng.integers(max(0, ys[k] - ch + 1), min(ys[k], h - ch) + 1))
+                x = int(rng.integers(max(0, xs[k] - cw + 1), min(xs[k], w - cw) + 1))
+                return y, x
+        return int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
 
 
 class RandomFlip:
@@ -233,8 +253,8 @@ class Compose:
         return f"Compose({[type(t).__name__ for t in self.transforms]}, seed={self.seed})"
 
 
-AUGMENT_KEYS = ("scale", "crop", "hflip", "vflip", "rotate90", "rotate", "elastic",
-                "color_jitter", "seed")
+AUGMENT_KEYS = ("scale", "crop", "balanced_crop", "hflip", "vflip", "rotate90", "rotate",
+                "elastic", "color_jitter", "seed")
 
 
 def _pair(value: Any, key: str) -> tuple[float, float]:
@@ -258,7 +278,8 @@ def build_transforms(cfg: dict | None, train: bool, ignore_index: int) -> Compos
     Args:
         cfg: augmentation settings (all optional; ``None`` or ``{}`` means none):
             ``scale: [0.5, 2.0]`` random rescale range; ``crop: 256`` or ``[h, w]`` random
-            crop, padded with ``ignore_index``; ``hflip: 0.5`` / ``vflip: 0.0`` flip
+            crop, padded with ``ignore_index``; ``balanced_crop: 0.5`` probability that a
+            crop holds a pixel of a class drawn uniformly from those present; ``hflip: 0.5`` / ``vflip: 0.0`` flip
             probabilities; ``rotate90: true``; ``rotate: 15`` max degrees;
             ``elastic: true`` or ``{sigma: 10, grid: 3, p: 0.5}`` (U-Net paper's values are
             the defaults, p 1.0); ``color_jitter: 0.2`` or ``{brightness, contrast,
@@ -286,7 +307,9 @@ def build_transforms(cfg: dict | None, train: bool, ignore_index: int) -> Compos
             raise ConfigError(f"augment.scale: need 0 < low <= high, got {cfg['scale']!r}")
         ts.append(RandomScale((lo, hi)))
     if cfg.get("crop") is not None:
-        ts.append(RandomCrop(tuple(int(v) for v in _pair(cfg["crop"], "crop")), ignore_index))
+        balanced = _probability(cfg.get("balanced_crop") or 0.0, "balanced_crop")
+        ts.append(RandomCrop(tuple(int(v) for v in _pair(cfg["crop"], "crop")), ignore_index,
+                             balanced))
     for key, axis in (("hflip", 1), ("vflip", 0)):
         if cfg.get(key) is not None and _probability(cfg[key], key) > 0:
             ts.append(RandomFlip(axis=axis, p=float(cfg[key])))

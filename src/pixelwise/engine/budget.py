@@ -16,7 +16,9 @@ validating and checkpointing counts against the budget, because it is taken from
 
 The budget is a plain object the loop asks two questions: :meth:`TimeBudget.total_steps`
 (for the schedule) and :meth:`TimeBudget.exhausted` (before each step). A resumed run starts
-its clock at the elapsed time saved in its checkpoint.
+its clock at the elapsed time saved in its checkpoint. Because the schedule follows measured
+time, a budgeted run is not bit-reproducible the way a ``train.deterministic`` run of fixed
+epochs is: use ``train.epochs`` for that.
 """
 from __future__ import annotations
 

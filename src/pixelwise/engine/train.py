@@ -296,6 +296,7 @@ class Progress:
     images: int = 0
     time_s: float = 0.0
     elapsed_s: float = 0.0    # wall time of the whole run so far (the time budget's clock)
+    budget_steps: int | None = None  # the budget's latest estimate of the schedule's length
     budget_spent: bool = False
 
     def state_dict(self) -> dict[str, Any]:
@@ -511,6 +512,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def training_state(t: Trainee) -> dict[str, Any]:
     if t.budget is not None:
         t.progress.elapsed_s = t.budget.elapsed()
+        t.progress.budget_steps = t.budget.total_steps(t.progress.step)
     return {
         "optimizer": t.optimizer.state_dict(),
         "scheduler": t.scheduler.state_dict(),
@@ -845,7 +847,10 @@ def _train(cfg: RunConfig, resume: bool, info: ddp.DistInfo) -> Path:
         dump_config(cfg, run_dir / "config.yaml")
         write_metrics_csv(run_dir / "metrics.csv", t.progress.history)
     if budget is not None:
+        # A resumed run keeps its clock, and its schedule until the step time is re-measured.
         budget.start(t.progress.elapsed_s)
+        if t.progress.budget_steps is not None:
+            budget.set_total(t.progress.budget_steps)
     _fit(t, checkpoint_dict, run_dir)
     ddp.barrier(info)
     return run_dir

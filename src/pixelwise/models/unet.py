@@ -78,6 +78,19 @@ class Up(nn.Module):
         return self.conv(torch.cat([skip, x], dim=1))
 
 
+def init_unet(model: nn.Module) -> None:
+    """The paper's initialisation (Section 3): weights from a Gaussian with standard
+    deviation sqrt(2 / N), N the incoming nodes of a neuron (k * k * in_channels), i.e.
+    He-normal with fan-in; biases at zero. PyTorch's default is about 2.4x narrower."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            # A transposed conv's weight is (in, out, k, k): its fan-in is the second axis.
+            mode = "fan_out" if isinstance(m, nn.ConvTranspose2d) else "fan_in"
+            nn.init.kaiming_normal_(m.weight, mode=mode, nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
 class UNet(nn.Module):
     """U-Net with ``depth`` poolings; channels ``base_channels * 2**i`` at level ``i``.
 
@@ -121,6 +134,7 @@ class UNet(nn.Module):
         )
         self.head = nn.Conv2d(widths[0], num_classes, head_kernel_size,
                               padding=head_kernel_size // 2 if padding == "same" else 0)
+        init_unet(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.padding == "same":

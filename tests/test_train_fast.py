@@ -1,0 +1,89 @@
+"""The training fast path (channels_last, fused optimiser, tuned malloc) changes speed, not
+results: for every zoo model the loss, the gradients and one optimiser step agree with the
+plain NCHW / foreach path to float tolerance."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from pixelwise.config import load_config
+from pixelwise.engine.allocator import tune_malloc
+from pixelwise.engine.train import build_optimizer
+from pixelwise.losses import DeepSupervisionLoss, build_loss
+from pixelwise.models import build_model, list_models
+
+from common import TINY
+
+
+def step(model, x, y, optimizer, channels_last: bool):
+    criterion = DeepSupervisionLoss(build_loss("ce" if model_outputs(model) > 1 else "bce"))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    loss = criterion(model(x), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    optimizer.step()
+    return loss.item(), grads
+
+
+def model_outputs(model) -> int:
+    with torch.no_grad():
+        was = model.training
+        model.eval()
+        out = model(torch.zeros(1, first_conv(model).in_channels, 64, 64)).shape[1]
+        model.train(was)
+    return out
+
+
+def first_conv(model) -> torch.nn.Conv2d:
+    return next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+FAST = {"unet", "unet_small", "resnet34_unet", "resnet34_unet_concat", "unet_plus_plus"}
+
+
+def close(a: torch.Tensor, b: torch.Tensor, rel: float, floor: float) -> bool:
+    """||a - b|| within ``rel`` of ||b||, or under ``floor`` (a tensor that is zero in exact
+    arithmetic, such as the gradient of a conv bias before BatchNorm, is pure rounding)."""
+    err = (a - b).norm().item()
+    return err <= rel * b.norm().item() or err <= floor
+
+
+@pytest.mark.parametrize("name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in sorted(TINY)])
+def test_fast_path_matches_the_plain_path(name, one_thread):
+    assert sorted(TINY) == list_models()
+    torch.manual_seed(0)
+    plain = build_model(name, **TINY[name])
+    fast = copy.deepcopy(plain).to(memory_format=torch.channels_last)
+    cin = first_conv(plain).in_channels
+    x = torch.randn(4, cin, 64, 64)
+    y = torch.randint(0, max(model_outputs(plain), 2), (4, 64, 64))
+    cfg = load_config(raw={"model": {"name": name}, "data": {"spec": "unused"},
+                           "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9}})
+    opt_fast = build_optimizer(fast, cfg)
+    assert all(g.get("fused") for g in opt_fast.param_groups)
+    opt_plain = torch.optim.SGD(plain.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4,
+                                foreach=False)
+    before = [p.detach().clone() for p in plain.parameters()]
+    loss_p, grads_p = step(plain, x, y, opt_plain, channels_last=False)
+    loss_f, grads_f = step(fast, x, y, opt_fast, channels_last=True)
+    assert loss_f == pytest.approx(loss_p, rel=1e-5)
+    # Rounding differs between NCHW and NHWC kernels, and small BatchNorm statistics
+    # amplify it along a deep network: compare whole tensors, relative to their size.
+    total = torch.cat([g.flatten() for g in grads_p]).norm().item()
+    for (pname, _), gp, gf in zip(plain.named_parameters(), grads_p, grads_f):
+        assert close(gf, gp, rel=1e-2, floor=1e-4 * total), f"gradient of {pname}"
+    # One step of the fused optimiser moves every parameter as the plain one does.
+    for (pname, pp), pf, p0 in zip(plain.named_parameters(), fast.parameters(), before):
+        assert close(pf.detach() - p0, pp.detach() - p0, rel=1e-2, floor=1e-5 * total), pname
+
+
+def test_tune_malloc_applies_on_linux():
+    import sys
+
+    assert tune_malloc() is sys.platform.startswith("linux")
+    assert tune_malloc() is sys.platform.startswith("linux")  # twice is harmless
