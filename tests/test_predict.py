@@ -18,6 +18,8 @@ from pixelwise.engine.tiling import mirror_pad
 from pixelwise.errors import DataError
 from pixelwise.models import build_model
 
+from common import default_conv_init
+
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -33,6 +35,7 @@ def _save(path, name, kwargs, class_names, gain=30.0, **extra):
     model = build_model(name, **kwargs)
     c = kwargs["in_channels"]
     model.eval()
+    default_conv_init(model)
     with torch.no_grad():  # a random net predicts one class everywhere: sharpen and centre it
         model.head.weight.mul_(gain)
         model.head.bias.zero_()

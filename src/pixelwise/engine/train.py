@@ -647,7 +647,21 @@ def build_datasets(cfg: RunConfig):
         quick_check(spec, split)
     train_ds = SegmentationDataset(spec, cfg.data.train_split)
     val_ds = SegmentationDataset(spec, cfg.data.val_split) if cfg.data.val_split else None
+    if val_ds is not None and cfg.data.val_batch_size > 1:
+        _check_val_batches(val_ds, cfg.data.val_batch_size)
     return train_ds, val_ds, build_augment(cfg, spec.ignore_index)
+
+
+def _check_val_batches(val_ds, batch_size: int) -> None:
+    """Whole validation images are batched as they are: a batch needs one size (headers only)."""
+    from ..data import image_size
+
+    sizes = sorted({image_size(path) for path, _ in val_ds.samples})
+    if len(sizes) > 1:
+        raise ConfigError(f"data.val_batch_size: {batch_size} needs validation images of one "
+                          f"size, but they come in {len(sizes)} sizes (e.g. "
+                          f"{sizes[0][0]}x{sizes[0][1]} and {sizes[-1][0]}x{sizes[-1][1]}); "
+                          f"use 1")
 
 
 def resolve_model_kwargs(cfg: RunConfig, dataset) -> dict[str, Any]:

@@ -42,7 +42,9 @@ def meta_forward(model: nn.Module, in_channels: int, height: int, width: int, ba
     model.train(train)
     try:
         with torch.no_grad():
-            return tuple(model(x).shape)
+            out = model(x)
+            # A deeply supervised model returns its heads in training: all of one shape.
+            return tuple((out[-1] if isinstance(out, (list, tuple)) else out).shape)
     finally:
         model.train(was_training)
 
