@@ -34,8 +34,8 @@ class TimeBudget:
     """The run's wall-clock budget and the number of optimiser steps it affords.
 
     Args:
-        seconds: the whole budget (training, validation and checkpoints).
-        elapsed: seconds already spent (a resumed run's saved clock).
+        seconds: the whole budget (training, validation and checkpoints). The clock starts
+            now; :meth:`start` restarts it (a resumed run, with its saved elapsed time).
         steps_per_validation: optimiser steps between periodic validations (None: only the
             final validation).
         val_pixels, train_pixels_per_step: pixels of one validation pass and of one training
@@ -43,8 +43,8 @@ class TimeBudget:
         window: how many recent step times the running estimate averages.
     """
 
-    def __init__(self, seconds: float, elapsed: float = 0.0,
-                 steps_per_validation: int | None = None, val_pixels: int = 0,
+    def __init__(self, seconds: float, steps_per_validation: int | None = None,
+                 val_pixels: int = 0,
                  train_pixels_per_step: int = 1, window: int = 50):
         if seconds <= 0:
             raise ValueError(f"a time budget must be positive, got {seconds}")
@@ -53,11 +53,10 @@ class TimeBudget:
         self.val_pixels = val_pixels
         self.train_pixels_per_step = max(train_pixels_per_step, 1)
         self.validation_s: float | None = None  # measured cost of one validation
-        self._origin = time.monotonic() - elapsed
         self._step_times: deque[float] = deque(maxlen=window)
         self._first_step: float | None = None
-        self._last_mark: float | None = None
         self._total: int | None = None
+        self.start()
 
     # -- clock ---------------------------------------------------------------------------
     def start(self, elapsed: float = 0.0) -> None:
