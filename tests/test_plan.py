@@ -78,6 +78,8 @@ def test_binary_plan_unet_dice_ce_all_flips_and_crop_from_size():
     assert raw["loss"] == {"name": "dice_ce", "kwargs": {"mode": "multiclass"}}
     assert raw["augment"] == {"hflip": 0.5, "vflip": 0.5, "rotate90": True}
     assert raw["data"]["crop_size"] == 256
+    # an hour buys the wider U-Net
+    assert plan(vessels, {}, minutes=60)["model"]["kwargs"]["base_channels"] == 32
     # small grey images: crop = largest multiple of 32 in the short side; shallower U-Net
     grey = scene(channels=1, num_classes=4, median_size=(100, 140), mean=[0.5], std=[0.2])
     raw = plan(grey, {"root": "/g"}, minutes=5)
