@@ -1,4 +1,5 @@
-"""Time budgets: the estimate of steps that fit, and a budgeted run that ends its schedule on time."""
+"""Time budgets: the estimate of steps that fit, and a budgeted run that ends its schedule
+on time."""
 from __future__ import annotations
 
 import csv

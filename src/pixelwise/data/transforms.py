@@ -279,8 +279,9 @@ def build_transforms(cfg: dict | None, train: bool, ignore_index: int) -> Compos
         cfg: augmentation settings (all optional; ``None`` or ``{}`` means none):
             ``scale: [0.5, 2.0]`` random rescale range; ``crop: 256`` or ``[h, w]`` random
             crop, padded with ``ignore_index``; ``balanced_crop: 0.5`` probability that a
-            crop holds a pixel of a class drawn uniformly from those present; ``hflip: 0.5`` / ``vflip: 0.0`` flip
-            probabilities; ``rotate90: true``; ``rotate: 15`` max degrees;
+            crop holds a pixel of a class drawn uniformly from those present;
+            ``hflip: 0.5`` / ``vflip: 0.0`` flip probabilities; ``rotate90: true``;
+            ``rotate: 15`` max degrees;
             ``elastic: true`` or ``{sigma: 10, grid: 3, p: 0.5}`` (U-Net paper's values are
             the defaults, p 1.0); ``color_jitter: 0.2`` or ``{brightness, contrast,
             saturation}``; ``seed: 0``.
