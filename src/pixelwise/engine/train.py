@@ -217,7 +217,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig, steps_per_
     budget as training goes.
     """
     o = cfg.optim
-    epoch_steps = max_epochs(cfg) * steps_per_epoch if max_epochs(cfg) else None
+    epochs = max_epochs(cfg)
+    epoch_steps = epochs * steps_per_epoch if epochs else None
     warmup = o.warmup_steps or round(o.warmup_epochs * steps_per_epoch)
 
     def factor(step: int) -> float:
@@ -736,19 +737,22 @@ def build_budget(cfg: RunConfig, train_ds, val_loader: DataLoader | None,
     The pixels of a validation pass and of a training step let the budget guess the cost of
     the validations still to come before it has timed one.
     """
+    from ..data import image_size
+
     tc = cfg.train
     if tc.max_minutes is None:
         return None
     crop = cfg.data.crop_size
-    if crop is None:
-        train_hw = train_ds.read_raw(0)[1].shape
+    if crop is None:  # whole images: the first one's size, from its header
+        train_hw = image_size(train_ds.samples[0][0])
     else:
         train_hw = (crop, crop) if isinstance(crop, int) else tuple(crop)
     train_pixels = math.prod(train_hw) * cfg.data.batch_size * cfg.optim.grad_accum
     val_pixels = 0
     if val_loader is not None:
-        val_ds = val_loader.dataset
-        val_pixels = math.prod(val_ds[0][1].shape) * len(val_ds)
+        share = val_loader.dataset  # this process's Subset of the validation set
+        first = share.dataset.samples[share.indices[0]][0]
+        val_pixels = math.prod(image_size(first)) * len(share)
     return TimeBudget(60 * tc.max_minutes, val_pixels=val_pixels,
                       train_pixels_per_step=train_pixels,
                       steps_per_validation=(tc.val_every * steps_per_epoch
