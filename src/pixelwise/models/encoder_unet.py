@@ -23,6 +23,7 @@ from . import _checks
 from .registry import register_model
 from .unet import DoubleConv
 from .weights import load_pretrained
+from .layout import dense_grad
 
 DECODER_CHANNELS = (256, 128, 64, 32, 16)
 
@@ -82,7 +83,7 @@ class EncoderUNet(nn.Module):
             if stages:
                 skip = stages.pop()
                 d = F.interpolate(d, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-                d = torch.cat([skip, d], dim=1)
+                d = torch.cat([skip, dense_grad(d)], dim=1)
             else:
                 # Skip-less doublings: stride 2**(remaining) of the input, the last at H x W.
                 scale = 1 << (len(self.blocks) - k - 1)
