@@ -19,11 +19,10 @@ import torch.nn.functional as F
 
 from .backbones.resnet import ResNet34Encoder, ResNet50Encoder, resnet_state_dict_for_encoder
 from .backbones.vgg import VGG16Encoder, vgg16_state_dict_for_encoder
-from . import _checks
+from . import _checks, layout
 from .registry import register_model
 from .unet import DoubleConv
 from .weights import load_pretrained
-from .layout import dense_grad
 
 DECODER_CHANNELS = (256, 128, 64, 32, 16)
 
@@ -83,7 +82,7 @@ class EncoderUNet(nn.Module):
             if stages:
                 skip = stages.pop()
                 d = F.interpolate(d, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-                d = torch.cat([skip, dense_grad(d)], dim=1)
+                d = torch.cat([skip, layout.dense_grad(d)], dim=1)
             else:
                 # Skip-less doublings: stride 2**(remaining) of the input, the last at H x W.
                 scale = 1 << (len(self.blocks) - k - 1)

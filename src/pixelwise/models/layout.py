@@ -9,6 +9,7 @@ VGG16-U-Net's decoder, 0.5 s of a 6.2 s step at batch 4, 256 x 256, one thread).
 from __future__ import annotations
 
 import torch
+import torch.fx
 
 
 class _DenseGrad(torch.autograd.Function):
@@ -26,6 +27,9 @@ class _DenseGrad(torch.autograd.Function):
         return grad.contiguous(memory_format=layout)
 
 
+# A leaf for torch.fx (BatchNorm folding traces the models): call it as
+# ``layout.dense_grad`` so the lookup sees fx's patch of this module's globals.
+@torch.fx.wrap
 def dense_grad(x: torch.Tensor) -> torch.Tensor:
     """``x`` itself; in training, its gradient arrives contiguous in ``x``'s layout.
 

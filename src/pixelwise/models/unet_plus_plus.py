@@ -18,9 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import _checks
+from . import _checks, layout
 from .registry import register_model
-from .layout import dense_grad
 from .unet import DoubleConv
 
 INFERENCE_MODES = ("last", "mean")
@@ -90,7 +89,8 @@ class NestedUNet(nn.Module):
                 i = k - j
                 up = F.interpolate(grid[i + 1][j - 1], size=grid[i][0].shape[-2:],
                                    mode="bilinear", align_corners=True)
-                grid[i].append(self.nodes[i][j](torch.cat(grid[i] + [dense_grad(up)], dim=1)))
+                up = layout.dense_grad(up)
+                grid[i].append(self.nodes[i][j](torch.cat(grid[i] + [up], dim=1)))
         top = grid[0][1:] if self.deep_supervision else grid[0][-1:]
         return [head(node) for head, node in zip(self.heads, top)]
 
