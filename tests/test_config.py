@@ -110,7 +110,7 @@ def test_recipes_exist():
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_recipe_validates(recipe):
     from pixelwise.data import load_spec
-    from pixelwise.engine.train import build_augment
+    from pixelwise.engine.setup import build_augment
     from pixelwise.losses import build_loss
 
     cfg = load_config(recipe)
