@@ -9,9 +9,8 @@ see :mod:`pixelwise.engine.sampling`).
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,33 +18,7 @@ import torch
 from ..checkpoint import make_checkpoint, state_dict_mismatch
 from ..errors import CheckpointError, PixelwiseError
 from ..io import atomic_torch_save
-
-if TYPE_CHECKING:  # the loop's state; train.py imports this module
-    from .train import RunState
-
-
-@dataclass
-class Progress:
-    """Where training stands; saved in every checkpoint."""
-
-    epoch: int = 0            # epochs completed
-    batch: int = 0            # batches of the current epoch already trained on
-    step: int = 0             # optimiser steps so far
-    best_value: float | None = None
-    best_epoch: int | None = None
-    bad_validations: int = 0  # validations since the best one (early stopping)
-    history: list[dict[str, Any]] = field(default_factory=list)
-    # running sums of the current epoch, so that a mid-epoch resume reports the same loss
-    loss_sum: float = 0.0
-    loss_count: int = 0
-    images: int = 0
-    time_s: float = 0.0
-    elapsed_s: float = 0.0    # wall time of the whole run so far (the time budget's clock)
-    budget_steps: int | None = None  # the budget's latest estimate of the schedule's length
-    budget_spent: bool = False
-
-    def state_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+from .state import Progress, RunState
 
 
 def last_checkpoint(run_dir: Path) -> Path:

@@ -4,6 +4,7 @@ The structure follows torchvision's segmentation references: ``train_one_epoch``
 ``validate`` are plain functions; :class:`RunState` only bundles what they share. The rest of
 a run lives beside this module, one concern each:
 
+- :mod:`.state`: :class:`RunState` and :class:`Progress`, built from the config;
 - :mod:`.setup`: datasets, model and loss from the config;
 - :mod:`.sampling`: seeded augmentation, the order of an epoch's samples, the loaders;
 - :mod:`.schedule`: optimiser, learning-rate schedule, the run's length (epochs or budget);
@@ -16,29 +17,24 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader
 
 from ..checkpoint import read_checkpoint
-from ..config import RunConfig, config_to_dict, dump_config
+from ..config import RunConfig, dump_config
 from ..errors import PixelwiseError
 from ..io import atomic_write
 from ..metrics import SUMMARY_METRICS
 from . import distributed as ddp
 from . import runlog
-from .budget import TimeBudget
-from .resume import (Progress, best_checkpoint, kept_message, last_checkpoint, restore,
-                     save_checkpoints)
-from .sampling import EpochBatchSampler, build_loaders, seed_everything
-from .schedule import (build_budget, build_optimizer, build_scheduler, max_epochs,
-                       set_schedule_end)
-from .setup import (build_criterion, build_datasets, build_run_model, resolve_data_paths,
-                    resolve_model_kwargs)
+from .resume import best_checkpoint, kept_message, last_checkpoint, restore, save_checkpoints
+from .sampling import seed_everything
+from .schedule import max_epochs, set_schedule_end
+from .setup import resolve_data_paths
+from .state import RunState, build_run_state
 from .tiling import input_size_for, mirror_pad, shrinks
 
 log = logging.getLogger("pixelwise.train")
@@ -75,83 +71,6 @@ def predict_labels(logits: torch.Tensor) -> torch.Tensor:
     if logits.shape[1] == 1:
         return (logits[:, 0] > 0).long()
     return logits.argmax(1)
-
-
-# ---------------------------------------------------------------------------------------------
-# State shared by the loop
-
-@dataclass
-class RunState:
-    """The state of one training run: what ``train_one_epoch``, ``validate`` and the checkpoint
-    writer share (model, optimiser, data, settings) and where the run stands (``progress``)."""
-
-    cfg: RunConfig
-    dist: ddp.DistInfo
-    model: nn.Module              # possibly wrapped in DistributedDataParallel
-    criterion: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    scaler: torch.amp.GradScaler
-    amp: bool                     # mixed precision (train.amp, on CUDA only), decided once
-    train_loader: DataLoader
-    val_loader: DataLoader | None
-    num_classes: int
-    ignore_index: int
-    # make_checkpoint's arguments but the weights and training state: model name and kwargs,
-    # class names, normalisation, palette, ignore index, config
-    checkpoint_meta: dict[str, Any]
-    progress: Progress = field(default_factory=Progress)
-    budget: TimeBudget | None = None
-
-    @property
-    def device(self) -> torch.device:
-        return self.dist.device
-
-    @property
-    def sampler(self) -> EpochBatchSampler:
-        return self.train_loader.batch_sampler  # type: ignore[return-value]
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.sampler.num_batches // self.cfg.optim.grad_accum
-
-    def autocast(self):
-        dtype = torch.float16 if self.cfg.train.amp_dtype == "float16" else torch.bfloat16
-        return torch.autocast(device_type=self.device.type, dtype=dtype, enabled=self.amp)
-
-    def to_device(self, images: torch.Tensor, masks: torch.Tensor):
-        images = images.to(self.device, non_blocking=True)
-        if self.cfg.train.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images, masks.to(self.device, non_blocking=True)
-
-
-def build_run_state(cfg: RunConfig, info: ddp.DistInfo) -> RunState:
-    """Datasets, model, loss, loaders, optimiser, schedule and budget of a run, at step 0."""
-    train_ds, val_ds, transform = build_datasets(cfg)
-    model_kwargs = resolve_model_kwargs(cfg, train_ds)
-    model = build_run_model(cfg, model_kwargs, info.device)
-    criterion = build_criterion(cfg, train_ds.ignore_index, info.device)
-    train_loader, val_loader = build_loaders(cfg, train_ds, val_ds, transform, info)
-    steps_per_epoch = len(train_loader.batch_sampler) // cfg.optim.grad_accum
-    optimizer = build_optimizer(model, cfg)
-    budget = build_budget(cfg, train_ds, val_loader, steps_per_epoch)
-    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch, budget)
-    amp = cfg.train.amp and info.device.type == "cuda"
-    meta = {
-        # The weights are in the checkpoint: rebuilding it must not fetch the pretrained ones.
-        "model_name": cfg.model.name,
-        "model_kwargs": {k: v for k, v in model_kwargs.items() if k != "pretrained"},
-        "class_names": train_ds.class_names, "mean": tuple(train_ds.mean),
-        "std": tuple(train_ds.std), "palette": train_ds.palette,
-        "ignore_index": train_ds.ignore_index, "config": config_to_dict(cfg),
-    }
-    return RunState(cfg=cfg, dist=info, model=model, criterion=criterion, optimizer=optimizer,
-                    scheduler=scheduler, amp=amp,
-                    scaler=torch.amp.GradScaler(info.device.type, enabled=amp),
-                    train_loader=train_loader, val_loader=val_loader,
-                    num_classes=train_ds.num_classes, ignore_index=train_ds.ignore_index,
-                    checkpoint_meta=meta, budget=budget)
 
 
 # ---------------------------------------------------------------------------------------------
