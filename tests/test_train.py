@@ -298,19 +298,31 @@ def test_loaders_leave_the_global_torch_rng_alone(spec_path, tmp_path):
 
 def test_best_checkpoint_is_written_before_last(spec_path, tmp_path, monkeypatch):
     # Killed between the two writes, a run must not resume past an epoch whose best.pt is
-    # missing: best.pt goes first, so last.pt never runs ahead of it.
+    # missing: best.pt goes first, so last.pt never runs ahead of it. Mid-epoch saves go
+    # through the same writer: after steps 1 and 2 of 3 (the epoch's end saves step 3).
     written = []
     real = R.atomic_torch_save
 
     def record(obj, path):
-        written.append(Path(path).name)
+        written.append((Path(path).name, obj["training"]["progress"]["step"]))
         return real(obj, path)
 
     monkeypatch.setattr(R, "atomic_torch_save", record)
-    cfg = load_config(raw=tiny_config(spec_path, tmp_path, train={"epochs": 1,
-                                                                  "steps_per_epoch": 1}))
+    cfg = load_config(raw=tiny_config(spec_path, tmp_path, train={
+        "epochs": 1, "steps_per_epoch": 3, "checkpoint_every_steps": 1}))
     T.train(cfg)
-    assert written == ["best.pt", "last.pt"]
+    assert written == [("last.pt", 1), ("last.pt", 2), ("best.pt", 3), ("last.pt", 3)]
+
+
+def test_without_validation_best_is_the_last_checkpoint(spec_path, tmp_path):
+    cfg = load_config(raw=tiny_config(spec_path, tmp_path, data={"val_split": None},
+                                      train={"epochs": 1, "steps_per_epoch": 1}))
+    run = T.train(cfg)
+    last = (run / "checkpoints" / "last.pt").read_bytes()
+    assert (run / "checkpoints" / "best.pt").read_bytes() == last
+    progress = read_checkpoint(run / "checkpoints" / "best.pt")["training"]["progress"]
+    assert progress["step"] == 1 and progress["best_epoch"] is None
+    assert "mean_iou" not in progress["history"][0]
 
 
 def test_deeply_supervised_unet_plus_plus_trains_on_the_mean_of_its_heads(spec_path, tmp_path,
