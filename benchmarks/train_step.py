@@ -151,7 +151,8 @@ def plain_step(name: str):
 def pixelwise_step(name: str):
     from pixelwise.config import load_config
     from pixelwise.engine.allocator import tune_malloc
-    from pixelwise.engine.train import build_optimizer, forward_full
+    from pixelwise.engine.schedule import build_optimizer
+    from pixelwise.engine.train import forward_full
     from pixelwise.losses import build_loss
 
     tune_malloc()

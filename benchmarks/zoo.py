@@ -66,13 +66,11 @@ DATASETS = ("isbi2012", "drive")
 
 def build(name: str, kwargs: dict, num_classes: int = 1):
     """The model with 3 input channels (where it takes ``in_channels``) and ``num_classes``."""
-    import inspect
-
     from pixelwise.models import build_model
-    from pixelwise.models.registry import _MODELS
+    from pixelwise.models.registry import model_parameters
 
     full = dict(kwargs, num_classes=num_classes)
-    if "in_channels" in inspect.signature(_MODELS[name]).parameters:
+    if "in_channels" in model_parameters(name):
         full["in_channels"] = 3
     return build_model(name, **full), full
 

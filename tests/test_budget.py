@@ -9,6 +9,7 @@ import torch
 
 from pixelwise.config import load_config
 from pixelwise.engine import budget as B
+from pixelwise.engine import schedule as S
 from pixelwise.engine import train as T
 
 from test_train import spec_path, tiny_config  # noqa: F401  (fixture and helper)
@@ -88,8 +89,8 @@ def test_resumed_clock_continues_from_the_saved_elapsed_time(clock):
 def test_epochs_default_depends_on_the_budget(spec_path, tmp_path):
     raw = tiny_config(spec_path, tmp_path)
     del raw["train"]["epochs"]
-    assert T.max_epochs(load_config(raw=raw)) == T.DEFAULT_EPOCHS
-    assert T.max_epochs(load_config(raw=raw, overrides=["train.max_minutes=1"])) is None
+    assert S.max_epochs(load_config(raw=raw)) == S.DEFAULT_EPOCHS
+    assert S.max_epochs(load_config(raw=raw, overrides=["train.max_minutes=1"])) is None
 
 
 def test_budgeted_run_stops_on_time_and_ends_its_schedule(spec_path, tmp_path, one_thread):

@@ -46,11 +46,27 @@ def test_overrides_do_not_modify_the_input():
     ("output.name=a/b", "output.name"),
     ("loss.name=hinge", "loss.name"),
     ("loss.kwargs.gama=2", "loss.kwargs"),
+    ("data.val_tile_size=512", "data.val_tile_size"),   # removed: it was never read
 ])
 def test_bad_values_name_the_dotted_key(override, key):
     with pytest.raises(ConfigError) as e:
         load_config(raw=BASE, overrides=[override])
     assert f"{key}:" in str(e.value)
+
+
+def test_unknown_key_message_for_a_removed_key():
+    with pytest.raises(ConfigError) as e:
+        load_config(raw={**BASE, "data": {"spec": "s.yaml", "val_tile_size": 512}})
+    assert str(e.value) == "config: invalid config: data.val_tile_size: unknown key"
+
+
+def test_best_metric_is_a_summary_metric_or_the_val_loss():
+    for name in ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou", "dice", "val_loss"):
+        assert load_config(raw=BASE, overrides=[f"train.best_metric={name}"]).train.best_metric \
+            == name
+    with pytest.raises(ConfigError, match="choose from dice, fw_iou, mean_accuracy, mean_iou, "
+                                          "pixel_accuracy, val_loss"):
+        load_config(raw=BASE, overrides=["train.best_metric=boundary_f1"])
 
 
 def test_warmup_steps_and_epochs_are_exclusive():
@@ -94,7 +110,7 @@ def test_recipes_exist():
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_recipe_validates(recipe):
     from pixelwise.data import load_spec
-    from pixelwise.engine.train import build_augment
+    from pixelwise.engine.setup import build_augment
     from pixelwise.losses import build_loss
 
     cfg = load_config(recipe)
@@ -117,10 +133,16 @@ def test_paper_settings_of_the_recipes():
     unet = cfg["unet_isbi2012"]
     assert unet.model.kwargs["padding"] == "valid" and unet.optim.momentum == 0.99
     assert unet.loss.name == "unet_weighted_ce" and unet.augment["elastic"]
-    for name in ("fcn8s_camvid", "fcn8s_voc"):
+    # FCN paper (CamVid, batch 20 = 4 x 5) and the reference "at-once" VOC solver (batch 1,
+    # "heavy" momentum, lr 1e-10 on a sum over ~1.9e5 pixels = 2e-5 on our per-pixel mean).
+    paper = {"fcn8s_camvid": (0.9, 1e-4, 4, 5), "fcn8s_voc": (0.99, 2e-5, 1, 1)}
+    for name, (momentum, lr, batch, accum) in paper.items():
         c = cfg[name]
         assert c.optim.name == "sgd" and c.optim.weight_decay == 5e-4
-        assert c.optim.momentum in (0.9, 0.99)
+        assert (c.optim.momentum, c.optim.lr) == (momentum, lr), name
+        assert (c.data.batch_size, c.optim.grad_accum) == (batch, accum), name
+        assert (c.optim.bias_lr_factor, c.optim.bias_weight_decay) == (2.0, 0.0), name
+        assert c.optim.schedule == "none"
         assert c.model.kwargs["learnable_upsampling"] is False
 
 

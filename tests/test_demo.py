@@ -31,7 +31,23 @@ def test_demo_writes_metrics_overlays_and_checkpoint(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"pixel_accuracy", "mean_iou", "per_class_iou"} <= set(metrics)
     assert list(metrics["per_class_iou"]) == CLASS_NAMES
-    assert 0 <= metrics["pixel_accuracy"] <= 1
+    assert metrics["split"] == "val" and metrics["num_images"] == 4     # a quarter of 8, >= 4
+    # The reported numbers are those of the masks the demo predicted for the held-out images,
+    # counted here pixel by pixel (no void pixels in the synthetic data).
+    pred = np.stack([np.asarray(Image.open(out / "predictions" / f"{i:04d}_mask.png"))
+                     for i in range(4)])
+    truth = np.stack([np.asarray(Image.open(out / "data" / "val" / "masks" / f"{i:04d}.png"))
+                      for i in range(4)])
+    assert pred.shape == truth.shape == (4, 128, 128)
+    assert metrics["pixel_accuracy"] == pytest.approx((pred == truth).mean(), abs=1e-12)
+    for c, name in enumerate(CLASS_NAMES):
+        union = np.sum((pred == c) | (truth == c))
+        if union == 0:  # absent from truth and prediction: n/a
+            assert metrics["per_class_iou"][name] is None, name
+            continue
+        iou = np.sum((pred == c) & (truth == c)) / union
+        assert metrics["per_class_iou"][name] == pytest.approx(iou, abs=1e-12), name
+    assert f"pixel accuracy {metrics['pixel_accuracy']:.4f}" in result.output
     assert (out / "checkpoint.pt").is_file()
     overlay = Image.open(out / "predictions" / "0000_overlay.png")
     assert overlay.size == (128, 128)

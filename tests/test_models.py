@@ -20,12 +20,41 @@ def trainable(model):
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def classifier_layers(model, num_classes):
+    """The trainable convolutions that output ``num_classes`` channels: heads, score layers."""
+    return [m for m in model.modules()
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))
+            and m.out_channels == num_classes and m.weight.requires_grad]
+
+
+def class_gradients(layer):
+    """Per output channel, the summed |gradient| of each parameter of a convolution."""
+    out = []
+    for p in layer.parameters():
+        # ConvTranspose2d weights are (in, out, kh, kw); every other parameter is out-first.
+        dim = 1 if isinstance(layer, torch.nn.ConvTranspose2d) and p.ndim > 1 else 0
+        out.append(p.grad.movedim(dim, 0).reshape(p.shape[dim], -1).abs().sum(1))
+    return out
+
+
 def test_registry_lists_every_model_and_rejects_unknown():
     assert pixelwise.list_models() == sorted(TINY)
     with pytest.raises(ValueError, match="unknown model 'nope'"):
         pixelwise.build_model("nope")
     with pytest.raises(ValueError, match="already registered"):
         pixelwise.register_model(pixelwise.models.unet.unet)
+
+
+def test_model_parameters_are_the_builders_keywords_with_defaults():
+    from pixelwise.models.registry import model_parameters
+
+    fcn = model_parameters("fcn8s")
+    assert "num_classes" in fcn and "in_channels" not in fcn       # VGG16 takes RGB only
+    unet = model_parameters("unet")
+    assert list(unet)[:3] == ["in_channels", "num_classes", "base_channels"]
+    assert unet["base_channels"].default == 32 and unet["padding"].default == "same"
+    with pytest.raises(ValueError, match="unknown model 'nope'; available: "):
+        model_parameters("nope")
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
@@ -42,7 +71,8 @@ def test_model_contract(name, tmp_path):
             out = model(torch.randn(2, c_in, h, w))
             assert out.shape == (2, c_out, h, w)
 
-    # backward reaches the classifier (every head of a deeply supervised model)
+    # backward reaches every class of every classifier layer (each head of a deeply
+    # supervised model; FCN's zero-initialised score layers too)
     model.train()
     out = model(torch.randn(2, c_in, 32, 32))
     heads = out if isinstance(out, list) else [out]
@@ -50,7 +80,11 @@ def test_model_contract(name, tmp_path):
     sum((h * torch.randn_like(h)).sum() for h in heads).backward()  # non-zero where logits are 0
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None for g in grads)
-    assert any(g.abs().sum() > 0 for g in grads)
+    classifiers = classifier_layers(model, c_out)
+    assert len(classifiers) >= len(heads)
+    for layer in classifiers:
+        for per_class in class_gradients(layer):
+            assert per_class.shape == (c_out,) and bool((per_class > 0).all()), layer
 
     # save / load round trip rebuilds the same function from the file alone
     model.eval()

@@ -16,6 +16,10 @@ import yaml
 from pixelwise.checkpoint import load_checkpoint, read_checkpoint
 from pixelwise.config import load_config
 from pixelwise.errors import PixelwiseError
+from pixelwise.engine import resume as R
+from pixelwise.engine import sampling as D
+from pixelwise.engine import schedule as S
+from pixelwise.engine import setup as U
 from pixelwise.engine import train as T
 
 
@@ -46,22 +50,22 @@ def tiny_config(spec: Path, out: Path, **sections) -> dict:
 
 def test_lr_factor_warmup_poly_cosine():
     # warm-up: linear from 0.1 to 1 over 4 steps
-    assert T.lr_factor(0, 100, 4, "poly", warmup_factor=0.1) == pytest.approx(0.1)
-    assert T.lr_factor(2, 100, 4, "poly", warmup_factor=0.1) == pytest.approx(0.55)
+    assert S.lr_factor(0, 100, 4, "poly", warmup_factor=0.1) == pytest.approx(0.1)
+    assert S.lr_factor(2, 100, 4, "poly", warmup_factor=0.1) == pytest.approx(0.55)
     # poly after warm-up: t = (54 - 4) / (104 - 4) = 0.5
-    assert T.lr_factor(54, 104, 4, "poly", power=0.9) == pytest.approx(0.5 ** 0.9)
-    assert T.lr_factor(104, 104, 4, "poly") == 0.0
+    assert S.lr_factor(54, 104, 4, "poly", power=0.9) == pytest.approx(0.5 ** 0.9)
+    assert S.lr_factor(104, 104, 4, "poly") == 0.0
     # cosine with a floor of 0.1: at t = 0.5 -> 0.1 + 0.9 * 0.5
-    assert T.lr_factor(50, 100, 0, "cosine", min_lr_ratio=0.1) == pytest.approx(0.55)
-    assert T.lr_factor(100, 100, 0, "cosine", min_lr_ratio=0.1) == pytest.approx(0.1)
-    assert T.lr_factor(70, 100, 0, "none") == 1.0
+    assert S.lr_factor(50, 100, 0, "cosine", min_lr_ratio=0.1) == pytest.approx(0.55)
+    assert S.lr_factor(100, 100, 0, "cosine", min_lr_ratio=0.1) == pytest.approx(0.1)
+    assert S.lr_factor(70, 100, 0, "none") == 1.0
 
 
 def test_two_ranks_draw_the_global_batch_of_one_process():
     data = list(range(10))
-    one = T.EpochBatchSampler(data, batch_size=4, num_batches=2, seed=5)
-    r0 = T.EpochBatchSampler(data, batch_size=2, num_batches=2, seed=5, rank=0, world_size=2)
-    r1 = T.EpochBatchSampler(data, batch_size=2, num_batches=2, seed=5, rank=1, world_size=2)
+    one = D.EpochBatchSampler(data, batch_size=4, num_batches=2, seed=5)
+    r0 = D.EpochBatchSampler(data, batch_size=2, num_batches=2, seed=5, rank=0, world_size=2)
+    r1 = D.EpochBatchSampler(data, batch_size=2, num_batches=2, seed=5, rank=1, world_size=2)
     for s in (one, r0, r1):
         s.set_epoch(3)
     for b_one, b0, b1 in zip(one, r0, r1):
@@ -78,10 +82,10 @@ def test_two_ranks_draw_the_global_batch_of_one_process():
 
 
 def test_batches_per_epoch_counts_whole_optimizer_steps():
-    assert T.batches_per_epoch(12, 2, 1, 1, None) == 6
-    assert T.batches_per_epoch(12, 2, 1, 4, None) == 4     # 6 batches -> 1 step of 4
-    assert T.batches_per_epoch(12, 2, 2, 1, None) == 3     # 6 per rank
-    assert T.batches_per_epoch(12, 2, 1, 1, 2) == 2
+    assert D.batches_per_epoch(12, 2, 1, 1, None) == 6
+    assert D.batches_per_epoch(12, 2, 1, 4, None) == 4     # 6 batches -> 1 step of 4
+    assert D.batches_per_epoch(12, 2, 2, 1, None) == 3     # 6 per rank
+    assert D.batches_per_epoch(12, 2, 1, 1, 2) == 2
 
 
 class _Crop(torch.nn.Module):
@@ -128,10 +132,10 @@ def test_rng_state_round_trips_through_weights_only_load(tmp_path):
     torch.manual_seed(0)
     np.random.seed(0)
     random.seed(0)
-    state = T.rng_state()
+    state = R.rng_state()
     torch.save(state, tmp_path / "rng.pt")
     expect = (torch.rand(3), np.random.rand(3), random.random())
-    T.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    R.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
     again = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(expect[0], again[0])
     assert (expect[1] == again[1]).all() and expect[2] == again[2]
@@ -267,15 +271,15 @@ def test_model_kwargs_are_filled_from_the_dataset_where_the_builder_takes_them()
 
     rgb11 = SimpleNamespace(in_channels=3, num_classes=11)
     fcn = load_config(raw={"model": {"name": "fcn8s"}, "data": {"spec": "x"}})
-    assert T.resolve_model_kwargs(fcn, rgb11) == {"num_classes": 11}   # fcn8s has no in_channels
+    assert U.resolve_model_kwargs(fcn, rgb11) == {"num_classes": 11}   # fcn8s has no in_channels
     with pytest.raises(ConfigError, match="3-channel"):
-        T.resolve_model_kwargs(fcn, SimpleNamespace(in_channels=1, num_classes=2))
+        U.resolve_model_kwargs(fcn, SimpleNamespace(in_channels=1, num_classes=2))
     unet = load_config(raw={"model": {"name": "unet", "kwargs": {"num_classes": 1}},
                             "data": {"spec": "x"}})
-    assert T.resolve_model_kwargs(unet, SimpleNamespace(in_channels=1, num_classes=2)) == \
+    assert U.resolve_model_kwargs(unet, SimpleNamespace(in_channels=1, num_classes=2)) == \
         {"num_classes": 1, "in_channels": 1}                           # binary on two classes
     with pytest.raises(ConfigError, match="model.kwargs.num_classes"):
-        T.resolve_model_kwargs(unet, rgb11)
+        U.resolve_model_kwargs(unet, rgb11)
 
 
 def test_loaders_leave_the_global_torch_rng_alone(spec_path, tmp_path):
@@ -284,8 +288,8 @@ def test_loaders_leave_the_global_torch_rng_alone(spec_path, tmp_path):
     from pixelwise.engine.distributed import DistInfo
 
     cfg = load_config(raw=tiny_config(spec_path, tmp_path))
-    train_ds, val_ds, transform = T.build_datasets(cfg)
-    train_loader, val_loader = T._loaders(cfg, train_ds, val_ds, transform, DistInfo())
+    train_ds, val_ds, transform = U.build_datasets(cfg)
+    train_loader, val_loader = D.build_loaders(cfg, train_ds, val_ds, transform, DistInfo())
     for loader in (train_loader, val_loader):
         before = torch.get_rng_state()
         next(iter(loader))
@@ -294,19 +298,31 @@ def test_loaders_leave_the_global_torch_rng_alone(spec_path, tmp_path):
 
 def test_best_checkpoint_is_written_before_last(spec_path, tmp_path, monkeypatch):
     # Killed between the two writes, a run must not resume past an epoch whose best.pt is
-    # missing: best.pt goes first, so last.pt never runs ahead of it.
+    # missing: best.pt goes first, so last.pt never runs ahead of it. Mid-epoch saves go
+    # through the same writer: after steps 1 and 2 of 3 (the epoch's end saves step 3).
     written = []
-    real = T.atomic_torch_save
+    real = R.atomic_torch_save
 
     def record(obj, path):
-        written.append(Path(path).name)
+        written.append((Path(path).name, obj["training"]["progress"]["step"]))
         return real(obj, path)
 
-    monkeypatch.setattr(T, "atomic_torch_save", record)
-    cfg = load_config(raw=tiny_config(spec_path, tmp_path, train={"epochs": 1,
-                                                                  "steps_per_epoch": 1}))
+    monkeypatch.setattr(R, "atomic_torch_save", record)
+    cfg = load_config(raw=tiny_config(spec_path, tmp_path, train={
+        "epochs": 1, "steps_per_epoch": 3, "checkpoint_every_steps": 1}))
     T.train(cfg)
-    assert written == ["best.pt", "last.pt"]
+    assert written == [("last.pt", 1), ("last.pt", 2), ("best.pt", 3), ("last.pt", 3)]
+
+
+def test_without_validation_best_is_the_last_checkpoint(spec_path, tmp_path):
+    cfg = load_config(raw=tiny_config(spec_path, tmp_path, data={"val_split": None},
+                                      train={"epochs": 1, "steps_per_epoch": 1}))
+    run = T.train(cfg)
+    last = (run / "checkpoints" / "last.pt").read_bytes()
+    assert (run / "checkpoints" / "best.pt").read_bytes() == last
+    progress = read_checkpoint(run / "checkpoints" / "best.pt")["training"]["progress"]
+    assert progress["step"] == 1 and progress["best_epoch"] is None
+    assert "mean_iou" not in progress["history"][0]
 
 
 def test_deeply_supervised_unet_plus_plus_trains_on_the_mean_of_its_heads(spec_path, tmp_path,

@@ -10,7 +10,7 @@ import torch
 
 from pixelwise.config import load_config
 from pixelwise.engine.allocator import tune_malloc
-from pixelwise.engine.train import build_optimizer
+from pixelwise.engine.schedule import build_optimizer
 from pixelwise.losses import DeepSupervisionLoss, build_loss
 from pixelwise.models import build_model, list_models
 

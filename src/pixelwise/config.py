@@ -73,8 +73,6 @@ class DataConfig(_Section):
     batch_size: int = Field(8, ge=1)
     val_batch_size: int = Field(1, ge=1)
     workers: int = Field(2, ge=0)
-    # Tiled validation for images too large for one forward pass (needs pixelwise.engine.tiling).
-    val_tile_size: int | None = Field(None, ge=1)
 
 
 class OptimConfig(_Section):
@@ -155,7 +153,9 @@ class TrainConfig(_Section):
     @field_validator("best_metric")
     @classmethod
     def _known_metric(cls, v: str) -> str:
-        known = {"pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou", "dice", "val_loss"}
+        from .metrics import SUMMARY_METRICS
+
+        known = {*SUMMARY_METRICS, "val_loss"}
         if v not in known:
             raise ValueError(f"unknown metric {v!r}; choose from {', '.join(sorted(known))}")
         return v
@@ -285,9 +285,9 @@ def _check_loss(loss: LossConfig, source: str) -> None:
 
 def _check_model_kwargs(model: ModelConfig, source: str) -> None:
     # Catch a misspelt constructor argument now, not after the data has been scanned.
-    from .models.registry import _MODELS
+    from .models.registry import model_parameters
 
-    params = inspect.signature(_MODELS[model.name]).parameters
+    params = model_parameters(model.name)
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
     for key in model.kwargs:

@@ -11,6 +11,7 @@ from typing import Any
 from .config import parse_config
 from .data.synthetic import write_synthetic_dataset
 from .io import atomic_write, atomic_write_json
+from .metrics import SUMMARY_METRICS
 
 
 def demo_config(spec_path: Path, output: Path, epochs: int, seed: int) -> dict[str, Any]:
@@ -55,10 +56,7 @@ def run_demo(output: str | Path, epochs: int = 15, n_train: int = 160, n_val: in
     predict_paths(Predictor(checkpoint), [str(p) for p in held_out], output / "predictions")
 
     summary = {
-        "pixel_accuracy": metrics["pixel_accuracy"],
-        "mean_accuracy": metrics["mean_accuracy"],
-        "mean_iou": metrics["mean_iou"],
-        "fw_iou": metrics["fw_iou"],
+        **{k: metrics[k] for k in SUMMARY_METRICS},
         "per_class_iou": {row["class"]: row["iou"] for row in metrics["per_class"]},
         "split": "val",
         "num_images": n_val,

@@ -18,9 +18,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from .io import atomic_write_bytes, atomic_write_text
+from .metrics import SUMMARY_METRICS
 from .visualize import overlay, to_rgb8
-
-CURVE_METRICS = ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou", "dice")
 
 
 def _pyplot():
@@ -82,7 +81,7 @@ def plot_training_curves(history: Sequence[dict[str, Any]] | str | os.PathLike,
     ax_loss.grid(alpha=0.3)
     ax_loss.legend()
     plotted = False
-    for key in CURVE_METRICS:
+    for key in SUMMARY_METRICS:
         pts = [(r["epoch"], _number(r.get(key))) for r in rows if _number(r.get(key)) is not None]
         if pts:
             ax_metric.plot(*zip(*pts), marker="o", markersize=3, label=key)

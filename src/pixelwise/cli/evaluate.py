@@ -43,6 +43,7 @@ def command(checkpoint: str, spec: str | None, root: str | None, split: str, out
     from ..data import load_spec
     from ..engine.evaluate import evaluate
     from ..engine.preflight import device_problem
+    from ..metrics import SUMMARY_METRICS
 
     problem = device_problem(device)
     if problem is not None:
@@ -56,8 +57,7 @@ def command(checkpoint: str, spec: str | None, root: str | None, split: str, out
     result = evaluate(checkpoint, spec, split, output, device=device, tile_size=tile_size,
                       overlap=overlap, boundary_tolerance=tolerance, num_examples=examples,
                       num_worst=examples, progress=True)
-    for key in ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou", "dice", "boundary_f1",
-                "hausdorff95"):
+    for key in (*SUMMARY_METRICS, "boundary_f1", "hausdorff95"):
         if key not in result:
             continue
         value = result[key]

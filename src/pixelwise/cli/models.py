@@ -1,12 +1,10 @@
 """``pixelwise models``: the model zoo with parameter counts."""
 from __future__ import annotations
 
-import inspect
-
 import click
 
 from ..models import build_model, list_models
-from ..models.registry import _MODELS
+from ..models.registry import model_parameters
 
 
 @click.command("models")
@@ -24,7 +22,7 @@ def command(num_classes: int | None) -> None:
         kwargs = {} if num_classes is None else {"num_classes": num_classes}
         model = build_model(name, **kwargs)
         count = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        params = inspect.signature(_MODELS[name]).parameters.values()
+        params = model_parameters(name).values()
         defaults = ", ".join(f"{p.name}={kwargs.get(p.name, p.default)!r}" for p in params
                              if p.name != "pretrained")
         click.echo(f"{name:<16}{count:>18,}  {defaults}")

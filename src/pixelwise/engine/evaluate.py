@@ -19,9 +19,8 @@ import torch
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..errors import ConfigError
 from ..io import atomic_write_json
+from ..metrics import SUMMARY_METRICS
 from .distributed import resolve_device
-
-SUMMARY_KEYS = ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou", "dice")
 
 
 def _mask_predictor(ckpt: Checkpoint, device: torch.device, tile_size: int | None,
@@ -140,7 +139,7 @@ def evaluate(checkpoint: str | os.PathLike | Checkpoint, spec: Any, split: str =
     result: dict[str, Any] = {
         "checkpoint": str(ckpt.path) if ckpt.path else None,
         "dataset": dataset.spec.name, "split": split, "num_images": len(dataset),
-        **{k: metrics[k] for k in SUMMARY_KEYS},
+        **{k: metrics[k] for k in SUMMARY_METRICS},
         "boundary_f1": _mean(bf_scores), "boundary_tolerance": boundary_tolerance,
     }
     if binary:
@@ -195,8 +194,8 @@ def _write_outputs(out: Path, result: dict[str, Any], ckpt: Checkpoint, dataset,
         png = report.plot_training_curves(curves, out / "training_curves.png")
         if png is not None:
             figures.append(("Training curves", png))
-    summary = {k: result.get(k) for k in ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou",
-                                          "dice", "boundary_f1", "hausdorff95") if k in result}
+    summary = {k: result.get(k) for k in (*SUMMARY_METRICS, "boundary_f1", "hausdorff95")
+               if k in result}
     notes = [f"checkpoint: {result['checkpoint']}",
              f"data: {result['dataset']} / {result['split']} ({result['num_images']} images)",
              f"boundary F1 tolerance: {result['boundary_tolerance']} px; classes absent from "

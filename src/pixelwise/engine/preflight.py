@@ -95,7 +95,7 @@ def _check_output_dir(folder: Path) -> None:
 
 def _check_data(cfg: RunConfig):
     from ..data import load_spec
-    from .train import build_augment
+    from .setup import build_augment
 
     try:
         spec = load_spec(cfg.data.spec)
@@ -121,7 +121,7 @@ def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
 
 
 def _check_model(cfg: RunConfig, spec) -> tuple[nn.Module, dict[str, Any]]:
-    from .train import resolve_model_kwargs
+    from .setup import resolve_model_kwargs
 
     dataset = SimpleNamespace(num_classes=spec.num_classes, in_channels=spec.channels)
     kwargs = resolve_model_kwargs(cfg, dataset)

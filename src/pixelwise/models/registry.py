@@ -1,7 +1,9 @@
-"""A small model registry: ``@register_model``, ``build_model(name, **kwargs)``, ``list_models()``."""
+"""A small model registry: ``@register_model``, ``build_model(name, **kwargs)``, ``list_models()``
+and ``model_parameters(name)``."""
 from __future__ import annotations
 
-from typing import Callable
+import inspect
+from typing import Callable, Mapping
 
 import torch.nn as nn
 
@@ -22,8 +24,24 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
-def build_model(name: str, **kwargs) -> nn.Module:
-    """Build a registered model by name with its constructor keyword arguments."""
+def _builder(name: str) -> Callable[..., nn.Module]:
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
-    return _MODELS[name](**kwargs)
+    return _MODELS[name]
+
+
+def model_parameters(name: str) -> Mapping[str, inspect.Parameter]:
+    """The keyword parameters of a registered model's builder, in order, with their defaults.
+
+    Callers read which arguments a model takes (``"in_channels" in model_parameters(name)``)
+    without building it.
+
+    Raises:
+        ValueError: ``name`` is not registered.
+    """
+    return inspect.signature(_builder(name)).parameters
+
+
+def build_model(name: str, **kwargs) -> nn.Module:
+    """Build a registered model by name with its constructor keyword arguments."""
+    return _builder(name)(**kwargs)
