@@ -59,6 +59,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_valid
                       model_validator)
 
 from ..errors import ConfigError, DataError
+from ..labels import LabelSet
 from .encoding import encode_mask  # noqa: F401  (re-exported: the spec's mask encoding)
 from .readers import DEFAULT_MAX_PIXELS
 
@@ -180,9 +181,7 @@ class DatasetSpec(BaseModel):
         if any(s <= 0 for s in self.std):
             raise ValueError("std values must be positive")
         if self.palette is None:
-            from ..visualize import default_palette
-
-            self.palette = default_palette(n)
+            self.palette = list(LabelSet.from_names(self.class_names).palette)
         for key in ("palette", "class_weights"):
             if getattr(self, key) is not None and len(getattr(self, key)) != n:
                 raise ValueError(f"{key} has {len(getattr(self, key))} entries for {n} classes")
@@ -207,6 +206,11 @@ class DatasetSpec(BaseModel):
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def labels(self) -> LabelSet:
+        """Name and colour of each class; a one-logit model's: ``LabelSet.from_spec(spec, 1)``."""
+        return LabelSet.from_spec(self)
 
     @property
     def split_names(self) -> list[str]:
