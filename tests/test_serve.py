@@ -45,6 +45,7 @@ class FakePredictor:
         self.gate = gate
         self.error = error
         self.seen: list[tuple] = []
+        self.images: list[np.ndarray] = []
         self.batches: list[int] = []
         self.active = 0
         self.max_active = 0  # most predict calls running at once
@@ -69,6 +70,7 @@ class FakePredictor:
         out = []
         for image in images:
             self.seen.append((image.shape, image.dtype))
+            self.images.append(image)
             mask = np.clip(image[..., 0].astype(np.int64) // 100, 0, 2).astype(np.uint8)
             out.append(SimpleNamespace(mask=mask, probs=None))
         return out
@@ -192,6 +194,16 @@ def test_jpeg_and_greyscale_upload_become_model_channels():
     assert fake.seen[0] == ((6, 10, 1), np.dtype(np.uint8))
     # 16-bit greyscale keeps its depth.
     assert fake.seen[1] == ((4, 6, 1), np.dtype(np.uint16))
+
+
+def test_colour_upload_to_a_grey_model_is_converted_as_files_are():
+    fake = FakePredictor(in_channels=1)
+    with TestClient(create_app(fake)) as c:
+        assert post_file(c, png_bytes(striped_image())).status_code == 200
+    # ITU-R 601-2 luma, rounded, of (0 | 150 | 250, 0, 40): 0.114 x 40 = 4.56 -> 5,
+    # 0.299 x 150 + 4.56 = 49.41 -> 49, 0.299 x 250 + 4.56 = 79.31 -> 79; the same
+    # conversion `pixelwise predict` applies to a colour file for a greyscale model.
+    assert fake.images[0][0, :, 0].tolist() == [5, 5, 49, 49, 49, 79, 79, 79, 79, 79]
 
 
 def test_model_and_health(client):

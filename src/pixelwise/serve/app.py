@@ -28,7 +28,7 @@ from ..errors import PixelwiseError
 from ..io import encode_mask_png
 from ..labels import LabelSet, class_pixels
 from .batching import InferenceQueue, QueueFull
-from .images import ACCEPTED_FORMATS, ImageRejected, decode_image, json_result
+from .images import ACCEPTED_FORMATS, ImageRejected, decode_image, json_result, legend
 from .upload import FILE_FIELD, read_upload
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -176,11 +176,8 @@ async def health(request: Request) -> JSONResponse:
 
 async def model(request: Request) -> dict[str, Any]:
     service = _service(request)
-    labels = service.labels
-    return {**service.info, "num_classes": labels.num_classes,
-            "classes": [{"index": i, "name": n, "color": list(c)}
-                        for i, (n, c) in enumerate(zip(labels.names, labels.palette))],
-            "limits": service.limits.describe()}
+    return {**service.info, "num_classes": service.labels.num_classes,
+            "classes": legend(service.labels), "limits": service.limits.describe()}
 
 
 async def predict(request: Request, format: str | None = None) -> Response:

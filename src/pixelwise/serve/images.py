@@ -140,13 +140,18 @@ def _to_channels(img: Image.Image, in_channels: int | None) -> np.ndarray:
     return adapt_channels(array, channels, "upload")
 
 
+def legend(labels: LabelSet) -> list[dict[str, Any]]:
+    """Index, name and colour of every mask value (``GET /model``'s classes)."""
+    return [{"index": i, "name": name, "color": list(colour)}
+            for i, (name, colour) in enumerate(zip(labels.names, labels.palette))]
+
+
 def area_entries(mask: np.ndarray, labels: LabelSet) -> list[dict[str, Any]]:
-    """Index, name, colour, pixels and fraction of the image of every mask value."""
+    """The :func:`legend` with the pixels and fraction of the image of every mask value."""
     counts = class_pixels(mask, labels.num_classes)
     # Keyed by index, not name: nothing stops two classes from sharing a name.
     areas = class_areas(counts, range(labels.num_classes))
-    return [{"index": i, "name": name, "color": list(colour), **areas[i]}
-            for i, (name, colour) in enumerate(zip(labels.names, labels.palette))]
+    return [{**entry, **areas[entry["index"]]} for entry in legend(labels)]
 
 
 def json_result(image: np.ndarray, mask: np.ndarray, labels: LabelSet, alpha: float) -> dict:
