@@ -77,6 +77,11 @@ def test_spec_labels(tmp_path):
                          "splits": {"val": {"images": "*.png"}}})
     assert default.palette == VOC[:2]
     assert LabelSet.from_spec(default, num_outputs=1).binary
+    # one class: the spec keeps its one colour, the class's; its one output is binary
+    single = load_spec({"root": str(tmp_path), "class_names": ["cell"], "palette": [[0, 255, 0]],
+                        "splits": {"val": {"images": "*.png"}}})
+    assert single.palette == [(0, 255, 0)]
+    assert single.labels == LabelSet(("background", "cell"), ((0, 0, 0), (0, 255, 0)), True)
 
 
 def _binary_unet(path, class_names, palette=None):

@@ -181,7 +181,9 @@ class DatasetSpec(BaseModel):
         if any(s <= 0 for s in self.std):
             raise ValueError("std values must be positive")
         if self.palette is None:
-            self.palette = list(LabelSet.from_names(self.class_names).palette)
+            from ..visualize import default_palette
+
+            self.palette = default_palette(n)
         for key in ("palette", "class_weights"):
             if getattr(self, key) is not None and len(getattr(self, key)) != n:
                 raise ValueError(f"{key} has {len(getattr(self, key))} entries for {n} classes")
