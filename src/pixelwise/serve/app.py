@@ -118,15 +118,15 @@ class _Runtime:
 
 @dataclass(frozen=True)
 class Limits:
-    """What the service accepts; see :func:`create_app` for each."""
+    """What the service accepts; :func:`create_app` documents each, and their defaults."""
 
-    max_upload_bytes: int = 20 * 1024 * 1024
-    max_pixels: int = 4096 * 4096
-    max_batch: int = 1
-    max_queue: int = 32
-    batch_wait_s: float = 0.005
-    request_timeout_s: float = 120.0
-    upload_stall_timeout_s: float = 30.0
+    max_upload_bytes: int
+    max_pixels: int
+    max_batch: int
+    max_queue: int
+    batch_wait_s: float
+    request_timeout_s: float
+    upload_stall_timeout_s: float
 
     def describe(self) -> dict[str, Any]:
         """The limits as ``GET /model`` reports them."""
@@ -164,6 +164,7 @@ def _service(request: Request) -> Service:
 
 
 async def health(request: Request) -> JSONResponse:
+    """``GET /health``: the queue, the worker and memory; 503 once the worker has stopped."""
     runtime = _service(request).runtime
     stats, alive = runtime.queue.stats, runtime.queue.alive
     body = {"status": "ok" if alive else "inference worker stopped",
@@ -175,12 +176,14 @@ async def health(request: Request) -> JSONResponse:
 
 
 async def model(request: Request) -> dict[str, Any]:
+    """``GET /model``: the model, its classes and colours, and the limits."""
     service = _service(request)
     return {**service.info, "num_classes": service.labels.num_classes,
             "classes": legend(service.labels), "limits": service.limits.describe()}
 
 
 async def predict(request: Request, format: str | None = None) -> Response:
+    """``POST /predict``: the mask of the uploaded image, as a PNG or JSON (``format``)."""
     wants_json = _wants_json(format, request.headers.get("accept", ""))
     service = _service(request)
     runtime, admitted = service.runtime, service.limits.max_queue
@@ -230,6 +233,7 @@ async def _predict(service: Service, request: Request, wants_json: bool) -> Resp
 
 
 async def index() -> FileResponse:
+    """``GET /``: the web page."""
     return FileResponse(STATIC_DIR / "index.html", media_type="text/html",
                         headers={"Content-Security-Policy": PAGE_CSP,
                                  "X-Content-Type-Options": "nosniff"})
