@@ -9,7 +9,6 @@ import tifffile
 from PIL import Image
 
 from pixelwise.data import image_size, read_image, read_mask
-from pixelwise.data.readers import adapt_channels
 from pixelwise.errors import DataError
 
 
@@ -136,12 +135,3 @@ def test_our_pixel_limit_decides_not_pillows(tmp_path):
     # decoding it (no pixel data) is a truncated file, not a decompression-bomb refusal
     with pytest.raises(DataError, match=r"aerial\.png: unreadable or truncated"):
         read_image(path)
-
-
-def test_adapt_channels():
-    grey = np.array([[[10]], [[20]]], dtype=np.uint8)
-    assert adapt_channels(grey, 3, "x").tolist() == [[[10, 10, 10]], [[20, 20, 20]]]
-    rgb = np.array([[[255, 0, 0]]], dtype=np.uint8)
-    assert adapt_channels(rgb, 1, "x").tolist() == [[[76]]]  # 0.299 * 255
-    with pytest.raises(DataError, match="four.tif: image has 4 channels but .* channels=3"):
-        adapt_channels(np.zeros((2, 2, 4)), 3, "four.tif")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -130,29 +131,43 @@ def test_binary_model_on_two_class_data(tmp_path, monkeypatch):
     assert result["confusion_matrix"] == [[0, 192], [0, 64]]
     assert result["pixel_accuracy"] == pytest.approx(64 / 256)
     assert result["per_class"][1]["iou"] == pytest.approx(64 / 256)
-    import pixelwise.engine.evaluate as ev
-    from pixelwise.metrics import hausdorff95
-
-    truth = (mask > 0).astype(np.int64)
-    everywhere = hausdorff95(np.ones_like(truth), truth)
-    assert result["per_image"][0]["hausdorff95"] == result["hausdorff95"] == everywhere
+    # Hausdorff 95 of "vessel everywhere" against the 8 x 8 square at rows/cols 4..11, by hand.
+    # The prediction fills the image, so its surface is the image's frame (60 pixels); the
+    # truth's is the square's outline (28 pixels). Outline -> frame: every outline pixel is
+    # 4 px from the nearest edge (row 4 is 4 from row 0, row 11 is 4 from row 15, and the
+    # same for columns), so that P95 is 4. Frame -> outline: a frame pixel (0, c) is
+    # sqrt(4^2 + d^2) from the square, d = how far c lies outside columns 4..11: 32 pixels
+    # at 4 (d = 0), 8 each at sqrt(17), sqrt(20) and 5 (d = 1, 2, 3), the 4 corners at
+    # sqrt(32). Sorted, the 95th percentile falls at position 0.95 x 59 = 56.05, between
+    # values 56 and 57, both corners: sqrt(32). HD95 = max(4, sqrt(32)) = 4 sqrt(2).
+    assert result["per_image"][0]["hausdorff95"] == pytest.approx(4 * math.sqrt(2))
+    assert result["hausdorff95"] == pytest.approx(4 * math.sqrt(2))
     assert (tmp_path / "out" / "report.html").is_file()
 
     # an empty prediction has no surface: its distance is infinite, written as null
+    import pixelwise.engine.evaluate as ev
+
+    truth = (mask > 0).astype(np.int64)
     monkeypatch.setattr(ev, "_mask_predictor",
                         lambda *a, **k: (lambda image: np.zeros_like(truth)))
     result = evaluate(ckpt, spec, "val", tmp_path / "empty")
     assert result["per_image"][0]["hausdorff95"] is None and result["hausdorff95"] is None
     assert json.loads((tmp_path / "empty" / "metrics.json").read_text())["hausdorff95"] is None
 
-    # the square shifted right by 2 px: every surface point lies within 2 px of the other
-
+    # The square shifted right by 2 px (columns 6..13), by hand. Predicted outline (28 px)
+    # -> true outline: rows 4 and 11 at columns 6..11 lie on it (12 px at 0), columns 12
+    # and 13 are 1 and 2 px past its corner (2 px each at 1 and 2); column 6, rows 5..10,
+    # is 2 px from column 4 but rows 5 and 10 are 1 px from rows 4 and 11 (2 px at 1, 4 at
+    # 2); column 13, rows 5..10, is 2 px from column 11 (6 px at 2). Sorted: 12 zeros,
+    # 4 ones, 12 twos; P95 at 0.95 x 27 = 25.65 is a 2. The mirror image gives the same
+    # the other way: HD95 = 2. Within 2 px every outline pixel matches (boundary F1 1); within
+    # 1 px 16 of 28 do each way: precision = recall = 4/7, F1 = 4/7.
     shifted = np.zeros((16, 16), np.int64)
     shifted[4:12, 6:14] = 1
     monkeypatch.setattr(ev, "_mask_predictor", lambda *a, **k: (lambda image: shifted))
     result = evaluate(ckpt, spec, "val", None)
     assert result["per_class"][1]["iou"] == pytest.approx(48 / 80)
-    assert result["hausdorff95"] == pytest.approx(hausdorff95(shifted, truth))
-    assert 0 < result["hausdorff95"] <= 2
-    assert result["boundary_f1"] == 1.0              # every boundary pixel within 2 px
-    assert evaluate(ckpt, spec, "val", None, boundary_tolerance=1)["boundary_f1"] < 1
+    assert result["hausdorff95"] == pytest.approx(2.0)
+    assert result["boundary_f1"] == 1.0
+    tight = evaluate(ckpt, spec, "val", None, boundary_tolerance=1)
+    assert tight["boundary_f1"] == pytest.approx(4 / 7)

@@ -1,14 +1,19 @@
-"""Atomic writes when the disk fills up, and the temporaries a killed write leaves behind."""
+"""Atomic writes when the disk fills up, the temporaries a killed write leaves behind, and
+the PNG encodings of masks and overlays."""
 from __future__ import annotations
 
 import errno
+import io
+import json
 import os
 import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import pixelwise.io as pio
 from pixelwise.errors import PixelwiseError
@@ -89,3 +94,45 @@ def test_remove_stale_temporaries_only_touches_our_own(tmp_path):
     assert sorted(map(str, removed)) == sorted(stale)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep + [".d.abcdefgh.tmp"])
     assert pio.remove_stale_temporaries(tmp_path / "missing") == []
+
+
+# --- PNG encodings shared by `pixelwise predict` and the server -------------------------------
+
+def _decode(data: bytes):
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img
+
+
+def test_mask_png_is_a_palette_png_with_its_class_names():
+    mask = np.array([[0, 1], [2, 2]], dtype=np.uint8)
+    img = _decode(pio.encode_mask_png(mask, [(1, 2, 3), (4, 5, 6), (7, 8, 9)], ["a", "b", "c"]))
+    assert img.mode == "P"
+    assert np.asarray(img).tolist() == [[0, 1], [2, 2]]  # pixel values are the classes
+    assert img.getpalette()[:9] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert json.loads(img.text["pixelwise:class_names"]) == ["a", "b", "c"]
+
+
+def test_mask_png_of_more_than_256_classes_is_16_bit():
+    names = [f"c{i}" for i in range(300)]
+    # Every mask of a 300-class model is 16-bit, even one whose values would fit a palette.
+    for values in ([[0, 299]], [[0, 3]]):
+        img = _decode(pio.encode_mask_png(np.array(values, dtype=np.int64), [], names))
+        assert img.mode == "I;16" and np.asarray(img).tolist() == values
+    # A value past 255 does not fit a palette either, whatever the names.
+    img = _decode(pio.encode_mask_png(np.array([[256]]), [(0, 0, 0)], ["a"]))
+    assert img.mode == "I;16" and np.asarray(img).tolist() == [[256]]
+
+
+def test_mask_png_refuses_what_a_png_cannot_hold():
+    with pytest.raises(ValueError, match=r"must be \(H, W\)"):
+        pio.encode_mask_png(np.zeros((2, 2, 3), np.uint8), [], ["a"])
+    with pytest.raises(ValueError, match="-1..0 do not fit a PNG"):
+        pio.encode_mask_png(np.array([[-1, 0]]), [], ["a"])
+    with pytest.raises(ValueError, match="0..65536 do not fit a PNG"):
+        pio.encode_mask_png(np.array([[0, 65536]]), [], ["a"])
+
+
+def test_rgb_png_round_trip():
+    rgb = np.arange(18, dtype=np.uint8).reshape(2, 3, 3)
+    assert np.array_equal(np.asarray(_decode(pio.encode_rgb_png(rgb))), rgb)

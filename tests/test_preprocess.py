@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from pixelwise.preprocess import to_tensor
+from pixelwise.errors import DataError
+from pixelwise.preprocess import adapt_channels, to_tensor
 from pixelwise.visualize import colorize, default_palette, overlay
 
 
@@ -29,3 +30,12 @@ def test_palette_colorize_overlay():
     img = np.full((2, 2), 100, dtype=np.uint8)
     out = overlay(img, mask, pal, alpha=0.5)
     np.testing.assert_array_equal(out[0, 1], (114, 50, 50))  # (100 + 128) / 2, 100 / 2
+
+
+def test_adapt_channels():
+    grey = np.array([[[10]], [[20]]], dtype=np.uint8)
+    assert adapt_channels(grey, 3, "x").tolist() == [[[10, 10, 10]], [[20, 20, 20]]]
+    rgb = np.array([[[255, 0, 0]]], dtype=np.uint8)
+    assert adapt_channels(rgb, 1, "x").tolist() == [[[76]]]  # 0.299 * 255
+    with pytest.raises(DataError, match="four.tif: image has 4 channels but .* channels=3"):
+        adapt_channels(np.zeros((2, 2, 4)), 3, "four.tif")

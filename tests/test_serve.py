@@ -21,6 +21,8 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient  # noqa: E402
 
+from pixelwise.engine.predict import Predictor  # noqa: E402
+from pixelwise.labels import LabelSet  # noqa: E402
 from pixelwise.serve import create_app  # noqa: E402
 from pixelwise.serve.batching import InferenceQueue, QueueFull  # noqa: E402
 from pixelwise.serve.images import sniff_format  # noqa: E402
@@ -32,8 +34,7 @@ LIMIT = 256 * 1024  # upload bytes; the 100-megapixel PNG is ~100 kB, under it
 class FakePredictor:
     """The Predictor interface with a rule a test can compute by hand: class = red // 100."""
 
-    class_names = ["dark", "mid", "bright"]
-    palette = PALETTE
+    labels = LabelSet.from_names(["dark", "mid", "bright"], PALETTE)
     model_name = "fake"
     backend = "fake"
     tile_size = None
@@ -44,6 +45,7 @@ class FakePredictor:
         self.gate = gate
         self.error = error
         self.seen: list[tuple] = []
+        self.images: list[np.ndarray] = []
         self.batches: list[int] = []
         self.active = 0
         self.max_active = 0  # most predict calls running at once
@@ -68,6 +70,7 @@ class FakePredictor:
         out = []
         for image in images:
             self.seen.append((image.shape, image.dtype))
+            self.images.append(image)
             mask = np.clip(image[..., 0].astype(np.int64) // 100, 0, 2).astype(np.uint8)
             out.append(SimpleNamespace(mask=mask, probs=None))
         return out
@@ -193,6 +196,16 @@ def test_jpeg_and_greyscale_upload_become_model_channels():
     assert fake.seen[1] == ((4, 6, 1), np.dtype(np.uint16))
 
 
+def test_colour_upload_to_a_grey_model_is_converted_as_files_are():
+    fake = FakePredictor(in_channels=1)
+    with TestClient(create_app(fake)) as c:
+        assert post_file(c, png_bytes(striped_image())).status_code == 200
+    # ITU-R 601-2 luma, rounded, of (0 | 150 | 250, 0, 40): 0.114 x 40 = 4.56 -> 5,
+    # 0.299 x 150 + 4.56 = 49.41 -> 49, 0.299 x 250 + 4.56 = 79.31 -> 79; the same
+    # conversion `pixelwise predict` applies to a colour file for a greyscale model.
+    assert fake.images[0][0, :, 0].tolist() == [5, 5, 49, 49, 49, 79, 79, 79, 79, 79]
+
+
 def test_model_and_health(client):
     m = client.get("/model").json()
     assert m["name"] == "fake" and m["backend"] == "fake" and m["in_channels"] == 3
@@ -205,9 +218,43 @@ def test_model_and_health(client):
 
 def test_binary_model_legend_gets_background():
     fake = FakePredictor()
-    fake.class_names, fake.palette = ["membrane"], None
+    fake.labels = LabelSet.from_names(["membrane"], [(0, 255, 0)], num_outputs=1)
     with TestClient(create_app(fake)) as c:
-        assert [x["name"] for x in c.get("/model").json()["classes"]] == ["background", "membrane"]
+        classes = c.get("/model").json()["classes"]
+        assert [(x["name"], x["color"]) for x in classes] == [("background", [0, 0, 0]),
+                                                              ("membrane", [0, 255, 0])]
+        # columns 0-1 dark (class 0), 2-4 mid (class 1): 6 x 2 and 6 x 3 pixels
+        r = post_file(c, png_bytes(striped_image()[:, :5].copy()), params={"format": "json"})
+        assert [(x["name"], x["pixels"]) for x in r.json()["classes"]] == [("background", 12),
+                                                                          ("membrane", 18)]
+
+
+class ManyClassPredictor(FakePredictor):
+    """300 classes, more than a palette PNG holds: class = red + green (0..510)."""
+
+    labels = LabelSet.from_count(300)
+
+    def _predict_batch(self, images):
+        return [SimpleNamespace(mask=image[..., 0].astype(np.int64) + image[..., 1], probs=None)
+                for image in images]
+
+
+def test_over_256_classes_answer_a_16_bit_png():
+    image = np.zeros((2, 3, 3), dtype=np.uint8)
+    image[0, 0, :2] = (200, 99)  # class 299
+    image[1, 2, :2] = (7, 0)     # class 7
+    with TestClient(create_app(ManyClassPredictor())) as c:
+        r = post_file(c, png_bytes(image))
+        assert r.status_code == 200, r.text
+        mask = Image.open(io.BytesIO(r.content))
+        assert mask.mode == "I;16"
+        assert np.asarray(mask).tolist() == [[299, 0, 0], [0, 0, 7]]
+        areas = [int(n) for n in r.headers["x-class-areas"].split(",")]
+        assert len(areas) == 300 and (areas[0], areas[7], areas[299]) == (4, 1, 1)
+        body = post_file(c, png_bytes(image), params={"format": "json"}).json()
+        assert body["classes"][299] == {"index": 299, "name": "class 299",
+                                        "color": list(LabelSet.from_count(300).palette[299]),
+                                        "pixels": 1, "fraction": 1 / 6}
 
 
 def test_page_and_static_files(client):
@@ -549,14 +596,13 @@ def tiny_checkpoint(tmp_path_factory):
 
 
 def test_real_checkpoint_end_to_end(tiny_checkpoint):
-    predict_mod = pytest.importorskip("pixelwise.engine.predict",
-                                      reason="the inference engineer's Predictor is not in yet")
-    predictor = predict_mod.Predictor(tiny_checkpoint, backend="torch")
+    predictor = Predictor(tiny_checkpoint, backend="torch")
     image = np.random.default_rng(2).integers(0, 255, (40, 56, 3), dtype=np.uint8)
     expected = np.asarray(predictor.predict(image).mask)
     with TestClient(create_app(predictor)) as c:
         m = c.get("/model").json()
         assert m["name"] == "unet" and m["in_channels"] == 3
+        assert m["min_input_size"] == 4  # the depth-2 U-Net pools twice: 2 x 2
         assert [x["name"] for x in m["classes"]] == ["sky", "road", "car"]
         r = post_file(c, png_bytes(image))
         assert r.status_code == 200
@@ -569,8 +615,7 @@ def test_real_checkpoint_end_to_end(tiny_checkpoint):
 
 def test_image_smaller_than_the_model_takes_is_422(tiny_checkpoint):
     # The depth-2 U-Net pools twice: a side under 4 px used to crash inside the model (500).
-    predict_mod = pytest.importorskip("pixelwise.engine.predict")
-    predictor = predict_mod.Predictor(tiny_checkpoint, backend="torch")
+    predictor = Predictor(tiny_checkpoint, backend="torch")
     with TestClient(create_app(predictor), raise_server_exceptions=False) as c:
         for h, w in [(1, 1), (3, 40)]:
             r = post_file(c, png_bytes(np.full((h, w, 3), 90, dtype=np.uint8)))

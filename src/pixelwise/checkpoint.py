@@ -29,6 +29,7 @@ import torch.nn as nn
 
 from .errors import CheckpointError
 from .io import atomic_torch_save
+from .labels import LabelSet
 from .models.probe import meta_forward, meta_model, min_input_size
 from .models.registry import build_model
 
@@ -61,6 +62,12 @@ class Checkpoint:
     @property
     def in_channels(self) -> int:
         return len(self.mean)
+
+    @property
+    def labels(self) -> LabelSet:
+        """Name and colour of each mask value (a one-logit model's 0 is the background)."""
+        outputs = int(self.model_kwargs.get("num_classes", self.num_classes))
+        return LabelSet.from_names(self.class_names, self.palette, num_outputs=outputs)
 
 
 def make_checkpoint(model: nn.Module, model_name: str, model_kwargs: dict[str, Any],
@@ -197,9 +204,10 @@ def check_against_model(ckpt: dict, path: Path) -> None:
     except (ValueError, RuntimeError, TypeError) as e:
         raise CheckpointError(f"{path}: model {name!r} does not take the {channels}-channel "
                               f"images its normalization describes ({str(e)[:200]})") from None
-    if outputs != len(names) and not (outputs == 1 and len(names) <= 2):
-        raise CheckpointError(f"{path}: {len(names)} class name(s) ({', '.join(names)}) for a "
-                              f"model with {outputs} outputs; the metadata contradicts the weights")
+    try:
+        LabelSet.from_names(names, ckpt.get("palette"), num_outputs=outputs)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}; the metadata contradicts the weights") from None
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:

@@ -1,18 +1,21 @@
-"""Atomic file writes: write to a temporary file beside the target, fsync, then rename.
+"""Atomic file writes, and the PNG encodings of masks and images that every writer shares.
 
-A run killed midway leaves either the old file or the new one, never a torn one, plus at
-worst its temporary (``.NAME.XXXXXXXX.tmp``), which :func:`remove_stale_temporaries` clears.
+Atomic: write to a temporary file beside the target, fsync, then rename. A run killed midway
+leaves either the old file or the new one, never a torn one, plus at worst its temporary
+(``.NAME.XXXXXXXX.tmp``), which :func:`remove_stale_temporaries` clears.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 
 from .errors import PixelwiseError
@@ -110,3 +113,50 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+# The largest class count a palette PNG holds; masks of more classes are written 16-bit.
+PALETTE_CLASSES = 256
+PNG_COMPRESS_LEVEL = 6
+
+
+def encode_mask_png(mask: np.ndarray, palette: Sequence[Sequence[int]],
+                    class_names: Sequence[str]) -> bytes:
+    """``(H, W)`` class indices -> PNG bytes whose pixel values are the class indices.
+
+    Up to 256 classes the PNG is a palette ("P") image, each value shown in its class's
+    colour; more classes do not fit a palette, and the mask is a 16-bit greyscale PNG (what
+    image tools read as class indices up to 65535). The class names go into a
+    ``pixelwise:class_names`` text chunk, so a mask file says what its values mean.
+
+    Raises:
+        ValueError: not a 2-D mask, or values outside 0..65535.
+    """
+    from PIL import Image, PngImagePlugin
+
+    from .visualize import palette_image
+
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be (H, W), got shape {mask.shape}")
+    low, high = (int(mask.min()), int(mask.max())) if mask.size else (0, 0)
+    if low < 0 or high > 65535:
+        raise ValueError(f"mask values {low}..{high} do not fit a PNG (0..65535)")
+    info = PngImagePlugin.PngInfo()
+    info.add_text("pixelwise:class_names", json.dumps(list(class_names)))
+    if len(class_names) > PALETTE_CLASSES or high >= PALETTE_CLASSES:
+        img = Image.fromarray(mask.astype(np.uint16))
+    else:
+        img = palette_image(mask, list(palette))
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL)
+    return buffer.getvalue()
+
+
+def encode_rgb_png(rgb: np.ndarray) -> bytes:
+    """``(H, W, 3)`` uint8 -> PNG bytes (overlays)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return buffer.getvalue()

@@ -9,8 +9,8 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import DataError
-from ..preprocess import to_tensor
-from .readers import adapt_channels, read_image, read_mask
+from ..preprocess import adapt_channels, to_tensor
+from .readers import read_image, read_mask
 from .spec import DatasetSpec, Sample, encode_mask, load_spec
 
 Transform = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]

@@ -245,22 +245,3 @@ def read_mask(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndar
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
     return arr
-
-
-def adapt_channels(image: np.ndarray, channels: int, path: str | os.PathLike) -> np.ndarray:
-    """Give an ``(H, W, C)`` image the spec's channel count.
-
-    Greyscale is repeated to 3 channels; 3-channel colour becomes luminance (ITU-R 601-2,
-    as Pillow's ``"L"``) for a 1-channel spec; anything else must already match.
-    """
-    c = image.shape[-1]
-    if c == channels:
-        return image
-    if c == 1 and channels == 3:
-        return np.repeat(image, 3, axis=-1)
-    if c == 3 and channels == 1:
-        grey = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-        if np.issubdtype(image.dtype, np.integer):
-            grey = np.clip(np.rint(grey), 0, np.iinfo(image.dtype).max)
-        return grey.astype(image.dtype)[..., None]
-    raise DataError(f"{path}: image has {c} channels but the dataset spec says channels={channels}")

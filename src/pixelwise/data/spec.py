@@ -59,6 +59,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_valid
                       model_validator)
 
 from ..errors import ConfigError, DataError
+from ..labels import LabelSet
 from .encoding import encode_mask  # noqa: F401  (re-exported: the spec's mask encoding)
 from .readers import DEFAULT_MAX_PIXELS
 
@@ -207,6 +208,11 @@ class DatasetSpec(BaseModel):
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def labels(self) -> LabelSet:
+        """Name and colour of each class; a one-logit model's: ``LabelSet.from_spec(spec, 1)``."""
+        return LabelSet.from_spec(self)
 
     @property
     def split_names(self) -> list[str]:

@@ -26,7 +26,8 @@ import torch.distributed as dist
 
 from ..errors import DataError, PixelwiseError
 from ..io import atomic_write_json
-from .predict import Predictor, class_areas, predict_image_file
+from ..labels import class_areas, class_pixels
+from .predict import Predictor, predict_image_file
 
 # A process that finishes its shard early waits for the others at the final merge; prediction
 # of a large set can take hours, longer than the collectives' default timeouts.
@@ -132,7 +133,7 @@ def _entry_from_outputs(predictor: Predictor, job: Job, out: Path,
              "mask": names[0], "overlay": names[1]}
     if opts.save_probs:
         entry["probs"] = names[2]
-    entry["classes"] = class_areas(mask, predictor.class_names)
+    entry["classes"] = class_areas(class_pixels(mask, predictor.num_classes), predictor.class_names)
     return entry
 
 
@@ -181,14 +182,12 @@ def write_summary(predictor: Predictor, results: Results, output_dir: str | os.P
     totals = np.zeros(len(names), dtype=np.int64)
     for entry in by_kind["image"]:
         totals += np.array([entry["classes"][n]["pixels"] for n in names], dtype=np.int64)
-    pixels = max(int(totals.sum()), 1)
     summary = {
         "class_names": names,
         "palette": [list(c) for c in predictor.palette],
         "threshold": predictor.threshold if predictor.binary else None,
         "images": by_kind["image"],
-        "total": {name: {"pixels": int(totals[i]), "fraction": float(totals[i]) / pixels}
-                  for i, name in enumerate(names)},
+        "total": class_areas(totals, names),
         "videos": by_kind["video"],
         "rasters": by_kind["raster"],
         "failed": [f for _, f in sorted(results.failed, key=lambda r: r[0])],

@@ -8,7 +8,6 @@ over flips and scales; averaging logits would let one confident view dominate.
 from __future__ import annotations
 
 import glob
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +19,12 @@ import torch.nn.functional as F
 
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..errors import ConfigError, DataError
-from ..io import atomic_write, atomic_write_json
+from ..io import (atomic_write, atomic_write_bytes, atomic_write_json, encode_mask_png,
+                  encode_rgb_png)
+from ..labels import LabelSet, class_areas, class_pixels
 from ..models.probe import meta_model, min_input_size
-from ..preprocess import to_tensor
-from ..visualize import default_palette, overlay, palette_image
+from ..preprocess import adapt_channels, to_tensor
+from ..visualize import overlay
 from .tiling import input_size_for, shrinks, sliding_window
 
 BACKENDS = ("torch", "onnxruntime")
@@ -157,30 +158,29 @@ class Predictor:
     # -- metadata -----------------------------------------------------------------------
 
     @property
+    def labels(self) -> LabelSet:
+        """Name and colour of each mask value, and whether the model is binary."""
+        return LabelSet.from_metadata(self.meta)
+
+    @property
     def binary(self) -> bool:
         """Whether the model has one logit (sigmoid + threshold) rather than a softmax."""
-        return int(self.meta.get("num_outputs", len(self.meta["class_names"]))) == 1
+        return self.labels.binary
 
     @property
     def class_names(self) -> list[str]:
         """Name of each mask value (a binary model's 0 is ``"background"`` unless named)."""
-        names = list(self.meta["class_names"])
-        if self.binary and len(names) == 1:
-            names = ["background"] + names
-        return names
+        return list(self.labels.names)
 
     @property
     def num_classes(self) -> int:
         """Number of mask values."""
-        return len(self.class_names)
+        return self.labels.num_classes
 
     @property
     def palette(self) -> list[tuple[int, int, int]]:
         """Colour of each mask value (the checkpoint's, else the PASCAL VOC colour map)."""
-        palette = self.meta.get("palette")
-        if palette is None or len(palette) < self.num_classes:
-            return default_palette(self.num_classes)
-        return [tuple(int(v) for v in c) for c in palette[: self.num_classes]]
+        return list(self.labels.palette)
 
     @property
     def mean(self) -> tuple[float, ...]:
@@ -284,8 +284,6 @@ class Predictor:
             image = image[..., None]
         if image.ndim == 3 and image.shape[-1] != self.in_channels and image.shape[-1] in (1, 3) \
                 and self.in_channels in (1, 3):
-            from ..data.readers import adapt_channels
-
             image = adapt_channels(image, self.in_channels, "image")
         return to_tensor(image, self.mean, self.std)
 
@@ -357,19 +355,8 @@ def _read_image(path: Path) -> np.ndarray:
 
 def save_mask_png(path: str | os.PathLike, mask: np.ndarray, palette: list[tuple[int, int, int]],
                   class_names: list[str]) -> Path:
-    """Write a class-index mask as a palette PNG ("P" mode) with class names in a text chunk.
-
-    More than 256 classes do not fit a palette; such masks are written as 16-bit greyscale.
-    """
-    from PIL import Image, PngImagePlugin
-
-    info = PngImagePlugin.PngInfo()
-    info.add_text("pixelwise:class_names", json.dumps(class_names))
-    if mask.max(initial=0) > 255:
-        im = Image.fromarray(mask.astype(np.uint16))
-    else:
-        im = palette_image(mask, palette)
-    return atomic_write(path, lambda f: im.save(f, format="PNG", pnginfo=info))
+    """Write a class-index mask as a PNG (see :func:`~pixelwise.io.encode_mask_png`)."""
+    return atomic_write_bytes(path, encode_mask_png(mask, palette, class_names))
 
 
 def _save_probs(path: Path, probs: np.ndarray, fmt: str) -> Path:
@@ -383,14 +370,6 @@ def _save_probs(path: Path, probs: np.ndarray, fmt: str) -> Path:
     buffer = io.BytesIO()
     tifffile.imwrite(buffer, scaled, photometric="minisblack", compression="zlib")
     return atomic_write(path, lambda f: f.write(buffer.getvalue()))
-
-
-def class_areas(mask: np.ndarray, class_names: list[str]) -> dict[str, dict[str, float]]:
-    """Pixels and fraction of the image per class name."""
-    counts = np.bincount(mask.ravel().astype(np.int64), minlength=len(class_names))
-    total = max(int(mask.size), 1)
-    return {name: {"pixels": int(counts[i]), "fraction": float(counts[i]) / total}
-            for i, name in enumerate(class_names)}
 
 
 def predict_image_file(predictor: Predictor, path: Path, out: Path, stem: str,
@@ -417,7 +396,7 @@ def predict_image_file(predictor: Predictor, path: Path, out: Path, stem: str,
         suffix = "npy" if probs_format == "npy" else "tif"
         entry["probs"] = _save_probs(out / f"{stem}_probs.{suffix}", pred.probs,
                                      probs_format).name
-    entry["classes"] = class_areas(pred.mask, names)
+    entry["classes"] = class_areas(class_pixels(pred.mask, len(names)), names)
     return entry
 
 
@@ -461,6 +440,4 @@ def predict_paths(predictor: Predictor, inputs: Iterable[str | os.PathLike],
 
 
 def _save_png(path: Path, rgb: np.ndarray) -> Path:
-    from PIL import Image
-
-    return atomic_write(path, lambda f: Image.fromarray(rgb).save(f, format="PNG"))
+    return atomic_write_bytes(path, encode_rgb_png(rgb))

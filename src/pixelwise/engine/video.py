@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import DataError, PixelwiseError
 from ..io import atomic_path
+from ..labels import class_areas, class_pixels
 from ..visualize import colorize, overlay
 from .predict import Predictor
 
@@ -159,8 +160,7 @@ def _predict_frames(predictor: Predictor, path: Path, out: Path, stem: str, mask
                 writer = csv.writer(csv_file)
                 writer.writerow(["frame", "time_s", *names])
             for rgb, pred in zip(batch, predictor.predict_batch(batch)):
-                counts = np.bincount(pred.mask.ravel().astype(np.int64),
-                                     minlength=len(names))[: len(names)]
+                counts = class_pixels(pred.mask, len(names))
                 totals += counts
                 writer.writerow([frames, f"{float(frames / rate):.6f}", *counts.tolist()])
                 encoders[0].write(overlay(rgb, pred.mask, palette, overlay_alpha))
@@ -179,14 +179,12 @@ def _predict_frames(predictor: Predictor, path: Path, out: Path, stem: str, mask
 def _entry(path: Path, stem: str, mask_video: bool, names: list[str], totals: np.ndarray,
            frames: int, rate: Fraction, size: tuple[int, int]) -> dict[str, Any]:
     outputs = video_outputs(stem, mask_video)
-    pixels = max(int(totals.sum()), 1)
     entry = {"input": str(path), "frames": frames, "frame_rate": float(rate),
              "height": int(size[0]), "width": int(size[1]), "overlay": outputs[0],
              "areas": outputs[1]}
     if mask_video:
         entry["mask"] = outputs[2]
-    entry["classes"] = {n: {"pixels": int(totals[i]), "fraction": float(totals[i]) / pixels}
-                        for i, n in enumerate(names)}
+    entry["classes"] = class_areas(totals, names)
     return entry
 
 

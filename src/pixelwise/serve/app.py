@@ -1,14 +1,18 @@
 """The HTTP service: ``POST /predict``, ``GET /model``, ``GET /health`` and the web page at ``/``.
 
 The app depends on the predictor's interface only (``predict(image HWC) -> Prediction`` with a
-``mask``, optional ``predict_batch(list)``, ``class_names``, ``palette``), so tests can serve a
-fake one. Every refusal is a 4xx (or 503 when the queue is full) with a JSON body
-``{"error": "..."}``.
+``mask``, optional ``predict_batch(list)``, ``labels`` a :class:`~pixelwise.labels.LabelSet`),
+so tests can serve a fake one. Each route is a module-level handler that finds what it needs
+in ``request.app.state.service`` (a :class:`Service`); :func:`create_app` only builds that
+state and wires the handlers. Every refusal is a 4xx (or 503 when the queue is full) with a
+JSON body ``{"error": "..."}``.
 """
 from __future__ import annotations
 
 import asyncio
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,9 +25,10 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import PixelwiseError
+from ..io import encode_mask_png
+from ..labels import LabelSet, class_pixels
 from .batching import InferenceQueue, QueueFull
-from .images import (ACCEPTED_FORMATS, ImageRejected, class_areas, decode_image, display_classes,
-                     json_result, mask_to_png)
+from .images import ACCEPTED_FORMATS, ImageRejected, decode_image, json_result, legend
 from .upload import FILE_FIELD, read_upload
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -51,11 +56,11 @@ def describe_predictor(predictor: Any) -> dict[str, Any]:
         "name": attr("model_name", type(predictor).__name__),
         "in_channels": attr("in_channels"),
         "backend": attr("backend", "unknown"),
-        # Tiling: images larger than tile_size are predicted in overlapping tiles; input_size
-        # is the size a model needs, where it has one (the valid-convolution U-Net).
+        # Tiling: images larger than tile_size are predicted in overlapping tiles; an image
+        # (or tile) needs at least min_input_size pixels a side, the model's own minimum.
         "tile_size": attr("tile_size"),
         "overlap": attr("overlap"),
-        "input_size": attr("input_size"),
+        "min_input_size": attr("min_input_size"),
         "checkpoint": Path(path).name if path is not None else None,
     }
 
@@ -111,6 +116,162 @@ class _Runtime:
         return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs), limiter=self._limiter)
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What the service accepts; :func:`create_app` documents each, and their defaults."""
+
+    max_upload_bytes: int
+    max_pixels: int
+    max_batch: int
+    max_queue: int
+    batch_wait_s: float
+    request_timeout_s: float
+    upload_stall_timeout_s: float
+
+    def describe(self) -> dict[str, Any]:
+        """The limits as ``GET /model`` reports them."""
+        return {"max_upload_bytes": self.max_upload_bytes, "max_pixels": self.max_pixels,
+                "max_batch": self.max_batch, "max_queue": self.max_queue,
+                "accepted_formats": list(ACCEPTED_FORMATS), "file_field": FILE_FIELD}
+
+
+@dataclass(frozen=True)
+class Service:
+    """What the handlers share, kept on ``app.state.service``."""
+
+    labels: LabelSet
+    info: dict[str, Any]
+    limits: Limits
+    overlay_alpha: float
+    runtime: _Runtime
+
+
+def predict_masks(predictor: Any, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The inference queue's work. Runs on the inference thread; only the masks leave it:
+    probabilities (C x H x W floats) are dropped here rather than held while responses are
+    encoded."""
+    if len(images) > 1 and hasattr(predictor, "predict_batch"):
+        predictions = predictor.predict_batch(list(images))
+    else:
+        predictions = [predictor.predict(image) for image in images]
+    return [np.asarray(p.mask) for p in predictions]
+
+
+# -- handlers ---------------------------------------------------------------------------------
+
+def _service(request: Request) -> Service:
+    return request.app.state.service
+
+
+async def health(request: Request) -> JSONResponse:
+    """``GET /health``: the queue, the worker and memory; 503 once the worker has stopped."""
+    runtime = _service(request).runtime
+    stats, alive = runtime.queue.stats, runtime.queue.alive
+    body = {"status": "ok" if alive else "inference worker stopped",
+            "queue_waiting": runtime.queue.waiting, "in_flight": runtime.in_flight,
+            "requests": stats.requests, "batches": stats.batches,
+            "largest_batch": stats.largest_batch, "errors": stats.errors,
+            "inference_busy_s": round(stats.busy_s, 3), **_rss_bytes()}
+    return JSONResponse(body, status_code=200 if alive else 503)
+
+
+async def model(request: Request) -> dict[str, Any]:
+    """``GET /model``: the model, its classes and colours, and the limits."""
+    service = _service(request)
+    return {**service.info, "num_classes": service.labels.num_classes,
+            "classes": legend(service.labels), "limits": service.limits.describe()}
+
+
+async def predict(request: Request, format: str | None = None) -> Response:
+    """``POST /predict``: the mask of the uploaded image, as a PNG or JSON (``format``)."""
+    wants_json = _wants_json(format, request.headers.get("accept", ""))
+    service = _service(request)
+    runtime, admitted = service.runtime, service.limits.max_queue
+    # Admitted requests are counted before their bodies are read, so that a crowd of uploads
+    # is refused before it is buffered: at most max_queue uploads and images in memory.
+    if runtime.in_flight >= admitted:
+        return _error(503, f"server busy: {admitted} requests in progress, retry shortly",
+                      headers={"Retry-After": "1"})
+    runtime.in_flight += 1
+    try:
+        return await _predict(service, request, wants_json)
+    finally:
+        runtime.in_flight -= 1
+
+
+async def _predict(service: Service, request: Request, wants_json: bool) -> Response:
+    runtime, limits = service.runtime, service.limits
+    runtime.ensure_started()
+    upload = await read_upload(request, max_bytes=limits.max_upload_bytes,
+                               stall_timeout_s=limits.upload_stall_timeout_s)
+    decoded = await runtime.in_thread(decode_image, upload.data, max_pixels=limits.max_pixels,
+                                      in_channels=service.info.get("in_channels"))
+    del upload  # the compressed bytes are not needed past decoding
+    try:
+        mask = await asyncio.wait_for(runtime.queue.submit(decoded.array),
+                                      limits.request_timeout_s)
+    except QueueFull as e:
+        return _error(503, f"server busy: {e}; retry shortly", headers={"Retry-After": "1"})
+    except asyncio.TimeoutError:
+        return _error(504, f"prediction took longer than {limits.request_timeout_s:g} s")
+    except (ValueError, PixelwiseError) as e:
+        # The model cannot take this image (too small for its depth, wrong channels...).
+        return _error(422, f"cannot predict this image: {e}")
+    if mask.shape != decoded.size:
+        return _error(500, f"model returned a {mask.shape} mask for a {decoded.size} image")
+    labels = service.labels
+    if wants_json:
+        body = await runtime.in_thread(json_result, decoded.array, mask, labels,
+                                       service.overlay_alpha)
+        return JSONResponse(body)
+    png = await runtime.in_thread(encode_mask_png, mask, labels.palette, labels.names)
+    # Pixel counts per class index, so a PNG client can read the areas without decoding.
+    areas = ",".join(str(n) for n in class_pixels(mask, labels.num_classes))
+    return Response(png, media_type="image/png",
+                    headers={"Content-Disposition": 'inline; filename="mask.png"',
+                             "X-Class-Areas": areas})
+
+
+async def index() -> FileResponse:
+    """``GET /``: the web page."""
+    return FileResponse(STATIC_DIR / "index.html", media_type="text/html",
+                        headers={"Content-Security-Policy": PAGE_CSP,
+                                 "X-Content-Type-Options": "nosniff"})
+
+
+async def _rejected(request: Request, exc: ImageRejected) -> JSONResponse:
+    return _error(exc.status, exc.message)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return _error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+
+async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    return _error(400, f"invalid request: {problems}")
+
+
+async def _internal(request: Request, exc: Exception) -> JSONResponse:
+    return _error(500, f"internal server error ({type(exc).__name__})")
+
+
+# Every error, FastAPI's own included, answers with the same {"error": ...} body.
+EXCEPTION_HANDLERS = {ImageRejected: _rejected, StarletteHTTPException: _http_error,
+                      RequestValidationError: _invalid, Exception: _internal}
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI):
+    runtime = app.state.service.runtime
+    runtime.ensure_started()
+    yield
+    await runtime.queue.stop()
+    runtime.queue.close()
+
+
+# -- the app ----------------------------------------------------------------------------------
+
 def create_app(predictor: Any, *, max_upload_bytes: int = 20 * 1024 * 1024,
                max_pixels: int = 4096 * 4096, max_batch: int = 1, max_queue: int = 32,
                batch_wait_s: float = 0.005, request_timeout_s: float = 120.0,
@@ -119,8 +280,9 @@ def create_app(predictor: Any, *, max_upload_bytes: int = 20 * 1024 * 1024,
     """Build the FastAPI app that serves ``predictor``.
 
     Args:
-        predictor: an object with ``predict(image (H, W, C)) -> Prediction`` (``.mask`` (H, W)),
-            ``class_names`` and ``palette``; ``predict_batch(list)`` is used when present.
+        predictor: an object with ``predict(image (H, W, C)) -> Prediction`` (``.mask`` (H, W))
+            and ``labels`` (a :class:`~pixelwise.labels.LabelSet`); ``predict_batch(list)`` is
+            used when present.
         max_upload_bytes: the largest uploaded file; larger ones get 413 while streaming.
         max_pixels: the largest width x height, checked on the header before decoding (413).
         max_batch: the most equal-sized requests run as one batch (1: one by one, the better
@@ -139,123 +301,19 @@ def create_app(predictor: Any, *, max_upload_bytes: int = 20 * 1024 * 1024,
     if max_upload_bytes < 1 or max_pixels < 1:
         raise ValueError(f"max_upload_bytes and max_pixels must be >= 1, got "
                          f"{max_upload_bytes}, {max_pixels}")
-    info = {**describe_predictor(predictor), **(model_info or {})}
-    names, colours = display_classes(list(predictor.class_names), predictor.palette)
-    in_channels = info.get("in_channels")
-
-    def predict_masks(images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        # Runs on the inference thread. Only the masks leave it: probabilities (C x H x W
-        # floats) are dropped here rather than held while responses are encoded.
-        if len(images) > 1 and hasattr(predictor, "predict_batch"):
-            predictions = predictor.predict_batch(list(images))
-        else:
-            predictions = [predictor.predict(image) for image in images]
-        return [np.asarray(p.mask) for p in predictions]
-
-    runtime = _Runtime(InferenceQueue(predict_masks, max_batch=max_batch, max_queue=max_queue,
-                                      batch_wait_s=batch_wait_s))
-    # Admitted requests, counted before their bodies are read, so that a crowd of uploads
-    # is refused before it is buffered: at most max_queue uploads and images in memory.
-    max_admitted = max_queue
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        runtime.ensure_started()
-        yield
-        await runtime.queue.stop()
-        runtime.queue.close()
-
-    app = FastAPI(title="pixelwise", summary="Semantic segmentation service", lifespan=lifespan,
-                  docs_url="/docs", redoc_url=None)
-    app.state.runtime = runtime
-    app.state.predictor = predictor
-
-    @app.exception_handler(ImageRejected)
-    async def _rejected(request: Request, exc: ImageRejected):
-        return _error(exc.status, exc.message)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException):
-        return _error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError):
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        return _error(400, f"invalid request: {problems}")
-
-    @app.exception_handler(Exception)
-    async def _internal(request: Request, exc: Exception):
-        return _error(500, f"internal server error ({type(exc).__name__})")
-
-    @app.get("/health")
-    async def health():
-        stats = runtime.queue.stats
-        alive = runtime.queue.alive
-        body = {"status": "ok" if alive else "inference worker stopped",
-                "queue_waiting": runtime.queue.waiting, "in_flight": runtime.in_flight,
-                "requests": stats.requests, "batches": stats.batches,
-                "largest_batch": stats.largest_batch, "errors": stats.errors,
-                "inference_busy_s": round(stats.busy_s, 3), **_rss_bytes()}
-        return JSONResponse(body, status_code=200 if alive else 503)
-
-    @app.get("/model")
-    async def model():
-        return {**info, "num_classes": len(names),
-                "classes": [{"index": i, "name": n, "color": list(c)}
-                            for i, (n, c) in enumerate(zip(names, colours))],
-                "limits": {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels,
-                           "max_batch": max_batch, "max_queue": max_queue,
-                           "accepted_formats": list(ACCEPTED_FORMATS), "file_field": FILE_FIELD}}
-
-    @app.post("/predict")
-    async def predict(request: Request, format: str | None = None):
-        wants_json = _wants_json(format, request.headers.get("accept", ""))
-        if runtime.in_flight >= max_admitted:
-            return _error(503, f"server busy: {max_admitted} requests in progress, retry shortly",
-                          headers={"Retry-After": "1"})
-        runtime.in_flight += 1
-        try:
-            return await _predict(request, wants_json)
-        finally:
-            runtime.in_flight -= 1
-
-    async def _predict(request: Request, wants_json: bool) -> Response:
-        runtime.ensure_started()
-        upload = await read_upload(request, max_bytes=max_upload_bytes,
-                                   stall_timeout_s=upload_stall_timeout_s)
-        decoded = await runtime.in_thread(decode_image, upload.data, max_pixels=max_pixels,
-                                          in_channels=in_channels)
-        del upload  # the compressed bytes are not needed past decoding
-        try:
-            mask = await asyncio.wait_for(runtime.queue.submit(decoded.array), request_timeout_s)
-        except QueueFull as e:
-            return _error(503, f"server busy: {e}; retry shortly", headers={"Retry-After": "1"})
-        except asyncio.TimeoutError:
-            return _error(504, f"prediction took longer than {request_timeout_s:g} s")
-        except (ValueError, PixelwiseError) as e:
-            # The model cannot take this image (too small for its depth, wrong channels...).
-            return _error(422, f"cannot predict this image: {e}")
-        if mask.shape != decoded.size:
-            return _error(500, f"model returned a {mask.shape} mask for a {decoded.size} image")
-        if wants_json:
-            body = await runtime.in_thread(json_result, decoded.array, mask, names, colours,
-                                           overlay_alpha)
-            return JSONResponse(body)
-        png = await runtime.in_thread(mask_to_png, mask, colours)
-        return Response(png, media_type="image/png",
-                        headers={"Content-Disposition": 'inline; filename="mask.png"',
-                                 "X-Class-Areas": _areas_header(mask)})
-
-    def _areas_header(mask: np.ndarray) -> str:
-        # Pixel counts per class index, so a PNG client can read the areas without decoding.
-        return ",".join(str(a["pixels"]) for a in class_areas(mask, names, colours))
-
-    @app.get("/", include_in_schema=False)
-    async def index():
-        return FileResponse(STATIC_DIR / "index.html", media_type="text/html",
-                            headers={"Content-Security-Policy": PAGE_CSP,
-                                     "X-Content-Type-Options": "nosniff"})
-
+    limits = Limits(max_upload_bytes, max_pixels, max_batch, max_queue, batch_wait_s,
+                    request_timeout_s, upload_stall_timeout_s)
+    queue = InferenceQueue(partial(predict_masks, predictor), max_batch=max_batch,
+                           max_queue=max_queue, batch_wait_s=batch_wait_s)
+    service = Service(labels=predictor.labels,
+                      info={**describe_predictor(predictor), **(model_info or {})},
+                      limits=limits, overlay_alpha=overlay_alpha, runtime=_Runtime(queue))
+    app = FastAPI(title="pixelwise", summary="Semantic segmentation service", lifespan=_lifespan,
+                  docs_url="/docs", redoc_url=None, exception_handlers=EXCEPTION_HANDLERS)
+    app.state.service, app.state.runtime, app.state.predictor = service, service.runtime, predictor
+    app.add_api_route("/health", health, methods=["GET"])
+    app.add_api_route("/model", model, methods=["GET"])
+    app.add_api_route("/predict", predict, methods=["POST"])
+    app.add_api_route("/", index, methods=["GET"], include_in_schema=False)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
-

@@ -1,4 +1,4 @@
-"""Uploaded bytes -> checked, decoded image; mask -> PNG and class areas.
+"""Uploaded bytes -> checked, decoded image; mask -> the JSON answer (areas, PNGs).
 
 Every check happens in the cheapest order: magic bytes (is this an image type we accept?),
 then the header's width x height (a decompression bomb is refused before a single pixel is
@@ -11,13 +11,17 @@ import contextlib
 import io
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..data.readers import open_pil
 from ..errors import PixelwiseError
-from ..visualize import default_palette, overlay, palette_image, to_rgb8
+from ..io import encode_mask_png, encode_rgb_png
+from ..labels import LabelSet, class_areas, class_pixels
+from ..preprocess import adapt_channels
+from ..visualize import overlay, to_rgb8
 
 # Magic bytes -> (format name, PIL format). Decided from the bytes, never from a client's
 # Content-Type or file name, which are only hints.
@@ -115,80 +119,49 @@ def decode_image(data: bytes, *, max_pixels: int, in_channels: int | None) -> De
     return DecodedImage(array=array, format=fmt)
 
 
+# PIL modes of 16-bit (and 32-bit integer) greyscale, kept deeper than 8 bits.
+_DEEP_GREY = ("I;16", "I;16B", "I;16L", "I")
+
+
 def _to_channels(img: Image.Image, in_channels: int | None) -> np.ndarray:
     """A loaded PIL image -> ``(H, W, C)`` array with the model's channel count."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit greyscale (microscopy, remote sensing): keep the depth, PIL's RGB
-        # conversion of these modes would clip it to 8 bits.
-        grey = np.asarray(img).astype(np.uint16 if img.mode != "I" else np.int32)
-        if grey.dtype == np.int32:
-            grey = np.clip(grey, 0, 65535).astype(np.uint16)
-        arr = grey[..., None]
-        return arr if in_channels == 1 else np.repeat(arr, in_channels or 3, axis=-1)
-    if in_channels == 1:
-        return np.asarray(img.convert("L"))[..., None]
-    rgb = np.asarray(img.convert("RGB"))
-    if in_channels in (None, 3):
-        return rgb
-    raise ImageRejected(415, f"this model takes {in_channels}-channel input; uploads are "
-                             "decoded as greyscale or RGB only")
+    channels = 3 if in_channels is None else in_channels
+    if channels not in (1, 3):
+        raise ImageRejected(415, f"this model takes {in_channels}-channel input; uploads are "
+                                 "decoded as greyscale or RGB only")
+    if img.mode in _DEEP_GREY:
+        # Microscopy and remote sensing: keep the depth, PIL's RGB conversion of these modes
+        # would clip it to 8 bits.
+        array = np.clip(np.asarray(img).astype(np.int64), 0, 65535).astype(np.uint16)[..., None]
+    elif img.mode in ("1", "L", "LA"):
+        array = np.asarray(img.convert("L"))[..., None]
+    else:
+        array = np.asarray(img.convert("RGB"))
+    return adapt_channels(array, channels, "upload")
 
 
-def display_classes(class_names: list[str], palette: list | None) -> tuple[list[str], list[tuple]]:
-    """Names and colours for every value a mask can hold.
-
-    A binary model (one class name, sigmoid output) predicts 0 = background, 1 = the class,
-    so it gets a "background" entry in front.
-    """
-    names = list(class_names)
-    colours = [tuple(int(v) for v in c) for c in palette] if palette else []
-    if len(names) == 1:
-        names = ["background", names[0]]
-        if len(colours) < 2:
-            colours = [(0, 0, 0), colours[0] if colours else (255, 255, 255)]
-    if len(colours) < len(names):
-        colours = colours + default_palette(len(names))[len(colours):]
-    return names, colours[: len(names)]
+def legend(labels: LabelSet) -> list[dict[str, Any]]:
+    """Index, name and colour of every mask value (``GET /model``'s classes)."""
+    return [{"index": i, "name": name, "color": list(colour)}
+            for i, (name, colour) in enumerate(zip(labels.names, labels.palette))]
 
 
-def mask_to_png(mask: np.ndarray, palette: list[tuple[int, int, int]]) -> bytes:
-    """``(H, W)`` class indices -> palette ("P" mode) PNG bytes: the pixel values are the classes."""
-    if mask.ndim != 2:
-        raise ValueError(f"mask must be (H, W), got shape {mask.shape}")
-    if mask.size and (mask.min() < 0 or mask.max() > 255):
-        raise ValueError(f"mask values {mask.min()}..{mask.max()} do not fit a palette PNG (0..255)")
-    img = palette_image(mask, palette)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=False, compress_level=6)
-    return buf.getvalue()
+def area_entries(mask: np.ndarray, labels: LabelSet) -> list[dict[str, Any]]:
+    """The :func:`legend` with the pixels and fraction of the image of every mask value."""
+    counts = class_pixels(mask, labels.num_classes)
+    # Keyed by index, not name: nothing stops two classes from sharing a name.
+    areas = class_areas(counts, range(labels.num_classes))
+    return [{**entry, **areas[entry["index"]]} for entry in legend(labels)]
 
 
-def rgb_to_png(rgb: np.ndarray) -> bytes:
-    """``(H, W, 3)`` uint8 -> PNG bytes."""
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG", compress_level=6)
-    return buf.getvalue()
-
-
-def class_areas(mask: np.ndarray, names: list[str], colours: list[tuple]) -> list[dict]:
-    """Pixel count and fraction of the image for every class (0 for absent ones)."""
-    counts = np.bincount(mask.ravel().astype(np.int64), minlength=len(names))
-    total = max(int(mask.size), 1)
-    return [{"index": i, "name": names[i] if i < len(names) else f"class {i}",
-             "color": list(colours[i]) if i < len(colours) else [0, 0, 0],
-             "pixels": int(n), "fraction": int(n) / total}
-            for i, n in enumerate(counts)]
-
-
-def json_result(image: np.ndarray, mask: np.ndarray, names: list[str], colours: list[tuple],
-                alpha: float) -> dict:
+def json_result(image: np.ndarray, mask: np.ndarray, labels: LabelSet, alpha: float) -> dict:
     """The JSON body of ``/predict?format=json`` (PNG payloads base64-encoded)."""
+    colours = list(labels.palette)
     over = overlay(to_rgb8(image), mask, colours, alpha=alpha)
     return {
         "width": int(mask.shape[1]), "height": int(mask.shape[0]),
-        "classes": class_areas(mask, names, colours),
-        "mask_png": base64.b64encode(mask_to_png(mask, colours)).decode("ascii"),
-        "overlay_png": base64.b64encode(rgb_to_png(over)).decode("ascii"),
+        "classes": area_entries(mask, labels),
+        "mask_png": base64.b64encode(encode_mask_png(mask, colours, labels.names)).decode("ascii"),
+        "overlay_png": base64.b64encode(encode_rgb_png(over)).decode("ascii"),
         "overlay_alpha": alpha,
     }
-
