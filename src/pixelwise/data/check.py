@@ -18,8 +18,8 @@ from ..errors import DataError, PixelwiseError
 from ..preprocess import scale_to_unit
 from .dataset import load_sample
 from .readers import image_size
-from .spec import (DatasetSpec, Sample, SplitSpec, _glob_images, _resolve_split, load_spec,
-                   mask_glob, spec_path)
+from .listing import Sample, glob_images, mask_glob, resolve_split, spec_path
+from .spec import DatasetSpec, SplitSpec, load_spec
 
 
 def _base_split(spec: DatasetSpec, split: str) -> str:
@@ -79,7 +79,7 @@ def _extra_masks(spec: DatasetSpec, split: str) -> list[str]:
     referenced = set()
     for name in spec.splits:
         try:
-            samples = _resolve_split(spec, name)
+            samples = resolve_split(spec, name)
         except PixelwiseError:
             continue  # reported by that split's own check
         for s in samples:
@@ -276,7 +276,7 @@ def check_dataset(spec: DatasetSpec | dict | str, splits: list[str] | None = Non
 def _absent(spec: DatasetSpec, s: SplitSpec) -> bool:
     """True when a split has no files at all here (no image matches, no list file)."""
     if s.id_list is None:
-        return not _glob_images(spec, s)
+        return not glob_images(spec, s)
     lists = [s.id_list] if isinstance(s.id_list, str) else s.id_list
     return not any(spec_path(spec.root, name).is_file() for name in lists)
 

@@ -44,12 +44,8 @@ absent from a copy of the data; every other split must have files.
 from __future__ import annotations
 
 import copy
-import fnmatch
-import glob
 import os
-import re
 import string
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -61,12 +57,12 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_valid
 from ..errors import ConfigError, DataError
 from ..labels import LabelSet
 from .encoding import encode_mask  # noqa: F401  (re-exported: the spec's mask encoding)
+from .listing import Sample, resolve_split
 from .readers import DEFAULT_MAX_PIXELS
 
 PRESET_DIR = Path(__file__).with_name("presets")
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
-_GLOB_CHARS = re.compile(r"[*?\[]")
 
 RGB = tuple[int, int, int]
 TEMPLATE_FIELDS = {"id", "stem", "name", "parent"}
@@ -133,16 +129,6 @@ class HoldoutSpec(BaseModel):
     target: str = Field(default="val", alias="to")
     fraction: float = Field(gt=0, lt=1)
     seed: int = 0
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One image with its mask file(s) and optional valid-region mask (plain, picklable)."""
-
-    id: str
-    image: Path
-    mask: Path | tuple[Path, ...] | None
-    valid: Path | None = None
 
 
 class DatasetSpec(BaseModel):
@@ -230,7 +216,7 @@ class DatasetSpec(BaseModel):
         """
         h = self.holdout
         if h is not None and split in (h.source, h.target):
-            samples = _resolve_split(self, h.source)
+            samples = resolve_split(self, h.source)
             order = np.random.default_rng(h.seed).permutation(len(samples))
             held = set(order[: max(1, round(h.fraction * len(samples)))].tolist())
             keep_held = split == h.target
@@ -238,101 +224,7 @@ class DatasetSpec(BaseModel):
         if split not in self.splits:
             raise ConfigError(f"splits: no split {split!r} in spec {self.name!r} "
                               f"(have {', '.join(self.split_names)})")
-        return _resolve_split(self, split)
-
-
-def _id_regex(template: str) -> re.Pattern:
-    parts = re.split(r"(\{id\}|\*)", template)
-    return re.compile("".join("(?P<id>.+?)" if p == "{id}" else ".*" if p == "*" else re.escape(p)
-                              for p in parts))
-
-
-def _fill(template: str, fields: dict[str, str], key: str) -> str:
-    try:
-        return template.format(**fields)
-    except (KeyError, IndexError, ValueError) as e:
-        raise ConfigError(f"{key}: bad template {template!r} ({e}); use {{id}}, {{stem}}, "
-                          "{name} or {parent}") from e
-
-
-def _under(root: Path, rel: str) -> Path:
-    """A path written inside a split list file: a leading "/" still means the root (VOC's
-    train_aug lists write ``/JPEGImages/x.jpg``)."""
-    return root / rel.lstrip("/")
-
-
-def spec_path(root: Path, rel: str) -> Path:
-    """A path written in the spec: absolute as given (``~`` expanded), else under ``root``."""
-    return root / Path(rel).expanduser()
-
-
-def _glob_images(spec: DatasetSpec, s: SplitSpec) -> list[Path]:
-    return sorted(p for p in (Path(f) for f in glob.glob(str(spec_path(spec.root, s.images)),
-                                                          recursive=True))
-                  if p.is_file() and not any(fnmatch.fnmatch(p.name, x) for x in s.exclude))
-
-
-def _list_pairs(spec: DatasetSpec, s: SplitSpec, key: str) -> list[tuple[Path, Path | None]]:
-    pairs: list[tuple[Path, Path | None]] = []
-    for list_file in [s.id_list] if isinstance(s.id_list, str) else s.id_list:
-        path = spec_path(spec.root, list_file)
-        if not path.is_file():
-            raise DataError(f"{path}: split list not found ({key}.list)")
-        for line in path.read_text().splitlines():
-            tokens = line.split()
-            if not tokens or tokens[0].startswith("#"):
-                continue
-            if len(tokens) >= 2:  # "image mask" pairs, as in VOC's train_aug lists
-                pairs.append((_under(spec.root, tokens[0]), _under(spec.root, tokens[1])))
-            else:
-                rel = _fill(s.images, {"id": tokens[0]}, f"{key}.images")
-                pairs.append((spec_path(spec.root, rel), None))
-    return pairs
-
-
-def _resolve_split(spec: DatasetSpec, split: str) -> list[Sample]:
-    s = spec.splits[split]
-    key = f"splits.{split}"
-    if s.id_list is None:
-        images = _glob_images(spec, s)
-        if not images:
-            raise DataError(f"{spec_path(spec.root, s.images)}: no images match ({key}.images)")
-        pairs: list[tuple[Path, Path | None]] = [(p, None) for p in images]
-    else:
-        pairs = _list_pairs(spec, s, key)
-    id_re = _id_regex(s.id_from) if s.id_from else None
-    samples = []
-    for image, explicit_mask in pairs:
-        sample_id = image.stem
-        if id_re is not None:
-            m = id_re.fullmatch(image.name)
-            if m is None:
-                raise DataError(f"{image}: file name does not match {key}.id_from {s.id_from!r}")
-            sample_id = m.group("id")
-        fields = {"id": sample_id, "stem": image.stem, "name": image.name,
-                  "parent": image.parent.name}
-        mask: Path | tuple[Path, ...] | None = explicit_mask
-        if mask is None and s.masks is not None:
-            rel = _fill(s.masks, fields, f"{key}.masks")
-            if spec.mask.encoding == "instances" and _GLOB_CHARS.search(rel):
-                mask = tuple(sorted(Path(p) for p in glob.glob(str(spec_path(spec.root, rel)))))
-            else:
-                mask = spec_path(spec.root, rel)
-        valid = spec_path(spec.root, _fill(s.valid, fields, f"{key}.valid")) if s.valid else None
-        samples.append(Sample(id=sample_id, image=image, mask=mask, valid=valid))
-    if s.id_list is None:  # masks beside their images: the glob found them too
-        masks = {x.mask for x in samples if isinstance(x.mask, Path)}
-        samples = [x for x in samples if x.image not in masks]
-    return samples
-
-
-def mask_glob(spec: DatasetSpec, split: str) -> str | None:
-    """A glob matching every mask file a split's template could name (for finding extras)."""
-    s = spec.splits.get(split)
-    if s is None or s.masks is None or s.id_list is not None:
-        return None
-    pattern = re.sub(r"\{(id|stem|name|parent)\}", "*", s.masks)
-    return str(spec_path(spec.root, pattern))
+        return resolve_split(self, split)
 
 
 # ---------------------------------------------------------------------------------------------

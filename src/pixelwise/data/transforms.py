@@ -318,20 +318,26 @@ def build_transforms(cfg: dict | None, train: bool, ignore_index: int) -> Compos
         ts.append(RandomRotate90())
     if cfg.get("rotate"):
         ts.append(RandomRotate(float(cfg["rotate"]), ignore_index))
-    elastic = cfg.get("elastic")
-    if elastic:
-        opts = {} if elastic is True else dict(elastic)
-        bad = set(opts) - {"sigma", "grid", "p"}
-        if bad:
-            raise ConfigError(f"augment.elastic.{sorted(bad)[0]}: unknown (use sigma, grid, p)")
-        ts.append(ElasticDeform(ignore_index=ignore_index, **opts))
-    jitter = cfg.get("color_jitter")
-    if jitter:
-        opts = ({"brightness": jitter, "contrast": jitter, "saturation": jitter}
-                if np.isscalar(jitter) else dict(jitter))
-        bad = set(opts) - {"brightness", "contrast", "saturation"}
-        if bad:
-            raise ConfigError(f"augment.color_jitter.{sorted(bad)[0]}: unknown "
-                              "(use brightness, contrast, saturation)")
-        ts.append(ColorJitter(**{k: float(v) for k, v in opts.items()}))
+    if cfg.get("elastic"):
+        ts.append(ElasticDeform(ignore_index=ignore_index, **_elastic_options(cfg["elastic"])))
+    if cfg.get("color_jitter"):
+        ts.append(ColorJitter(**_jitter_options(cfg["color_jitter"])))
     return Compose(ts, seed=cfg.get("seed"))
+
+
+def _elastic_options(elastic: Any) -> dict:
+    opts = {} if elastic is True else dict(elastic)
+    bad = set(opts) - {"sigma", "grid", "p"}
+    if bad:
+        raise ConfigError(f"augment.elastic.{sorted(bad)[0]}: unknown (use sigma, grid, p)")
+    return opts
+
+
+def _jitter_options(jitter: Any) -> dict[str, float]:
+    opts = ({"brightness": jitter, "contrast": jitter, "saturation": jitter}
+            if np.isscalar(jitter) else dict(jitter))
+    bad = set(opts) - {"brightness", "contrast", "saturation"}
+    if bad:
+        raise ConfigError(f"augment.color_jitter.{sorted(bad)[0]}: unknown "
+                          "(use brightness, contrast, saturation)")
+    return {k: float(v) for k, v in opts.items()}

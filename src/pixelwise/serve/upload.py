@@ -152,6 +152,15 @@ async def read_upload(request: Request, *, max_bytes: int, stall_timeout_s: floa
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ImageRejected(413, f"upload too large: {declared} bytes, the limit is {max_bytes}")
 
+    raw = await _receive(request, collector, limit, max_bytes, stall_timeout_s)
+    if collector is None:
+        return Upload(data=bytes(raw), filename=None, content_type=media_type)
+    return collector.finish()
+
+
+async def _receive(request: Request, collector: "_MultipartCollector | None", limit: int,
+                   max_bytes: int, stall_timeout_s: float) -> bytearray:
+    """The body, chunk by chunk: fed to ``collector`` (multipart), else returned raw."""
     received = 0
     raw = bytearray()
     chunks = request.stream().__aiter__()
@@ -173,6 +182,4 @@ async def read_upload(request: Request, *, max_bytes: int, stall_timeout_s: floa
     except ClientDisconnect:
         # Nobody is left to answer; a plain 400 keeps this out of the server-error log.
         raise ImageRejected(400, "the client disconnected during the upload") from None
-    if collector is None:
-        return Upload(data=bytes(raw), filename=None, content_type=media_type)
-    return collector.finish()
+    return raw
