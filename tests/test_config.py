@@ -69,6 +69,18 @@ def test_best_metric_is_a_summary_metric_or_the_val_loss():
         load_config(raw=BASE, overrides=["train.best_metric=boundary_f1"])
 
 
+@pytest.mark.parametrize("data, augment, expected", [
+    ({"crop_size": 96}, None, (96, 96)),
+    ({"crop_size": [64, 128]}, {"crop": [64, 128]}, (64, 128)),
+    ({}, {"crop": 80}, (80, 80)),
+    ({}, {"crop": [48, 32], "hflip": 0.5}, (48, 32)),
+    ({}, {"hflip": 0.5}, None),
+])
+def test_train_crop_from_either_key(data, augment, expected):
+    raw = {"model": {"name": "unet"}, "data": {"spec": "unused", **data}, "augment": augment}
+    assert load_config(raw=raw).train_crop == expected
+
+
 def test_warmup_steps_and_epochs_are_exclusive():
     with pytest.raises(ConfigError, match="optim.warmup_epochs: give warmup_steps or"):
         load_config(raw=BASE, overrides=["optim.warmup_steps=5", "optim.warmup_epochs=1"])

@@ -85,8 +85,11 @@ def test_remove_stale_temporaries_only_touches_our_own(tmp_path):
 
     stale = [tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=tmp_path)[1]
              for name in ("last.pt", "best.pt", "metrics.csv")]
+    # atomic_path's, as the video writer leaves them: ".STEM.XXXXXXXX.tmp.SUFFIX"
+    stale.append(tempfile.mkstemp(prefix=".clip.", suffix=".tmp.mp4", dir=tmp_path)[1])
     (tmp_path / stale[0]).write_bytes(b"\0" * 1000)
-    keep = ["last.pt", ".last.pt.tmp", "notes.tmp", ".last.pt.abc.tmp", "x.last.pt.abcdefgh.tmp"]
+    keep = ["last.pt", ".last.pt.tmp", "notes.tmp", ".last.pt.abc.tmp", "x.last.pt.abcdefgh.tmp",
+            ".clip.abcdefgh.tmp.mp4.bak", "clip.tmp.mp4"]
     for name in keep:
         (tmp_path / name).write_text("mine")
     (tmp_path / ".d.abcdefgh.tmp").mkdir()

@@ -198,6 +198,20 @@ class RunConfig(_Section):
     def run_dir(self) -> Path:
         return Path(self.output.dir) / (self.output.name or self.model.name)
 
+    @property
+    def train_crop(self) -> tuple[int, int] | None:
+        """The training crop as (height, width): ``data.crop_size``, else ``augment.crop``;
+        None when training on whole images."""
+        crop = self.data.crop_size
+        if crop is None:
+            crop = (self.augment or {}).get("crop")
+        if crop is None:
+            return None
+        if isinstance(crop, int):
+            return crop, crop
+        height, width = crop
+        return int(height), int(width)
+
 
 _TYPE_TAGS = {"str", "int", "float", "bool", "none", "function-after", "function-before"}
 

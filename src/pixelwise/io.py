@@ -20,8 +20,9 @@ import torch
 
 from .errors import PixelwiseError
 
-# tempfile.mkstemp(prefix=".NAME.", suffix=".tmp") names: 8 characters of [a-z0-9_].
-_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+# tempfile.mkstemp names: ".NAME." + 8 characters of [a-z0-9_] + ".tmp" (atomic_write), or
+# ".STEM." + 8 + ".tmp.SUFFIX" (atomic_path: writers that pick the format by suffix, video).
+_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)?")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
@@ -60,10 +61,11 @@ def _os_error(error: BaseException) -> OSError | None:
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Delete the temporaries that :func:`atomic_write` left in ``folder`` when killed.
+    """Delete the temporaries that :func:`atomic_write` / :func:`atomic_path` left in ``folder``
+    when killed.
 
-    Only pixelwise's own names (``.NAME.XXXXXXXX.tmp``) directly in ``folder`` are touched.
-    Call it when no write into ``folder`` is in progress: at the start or resumption of a run.
+    Only pixelwise's own names (``.NAME.XXXXXXXX.tmp``, ``.STEM.XXXXXXXX.tmp.SUFFIX``)
+    directly in ``folder`` are touched. Call it when no write into ``folder`` is in progress: at the start or resumption of a run.
 
     Returns:
         The removed paths (none when ``folder`` does not exist).

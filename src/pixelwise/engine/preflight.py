@@ -106,18 +106,10 @@ def _check_data(cfg: RunConfig):
         if split is not None and split not in spec.split_names:
             raise ConfigError(f"data.{key}: no split {split!r} in dataset {spec.name!r} "
                               f"(have {', '.join(spec.split_names)})")
-    crop = cfg.data.crop_size
-    if crop is not None and min(_pair(crop)) < 1:
-        raise ConfigError(f"data.crop_size: must be positive, got {crop!r}")
+    if cfg.data.crop_size is not None and min(cfg.train_crop) < 1:
+        raise ConfigError(f"data.crop_size: must be positive, got {cfg.data.crop_size!r}")
     build_augment(cfg, spec.ignore_index)  # unknown or contradictory augment keys
     return spec
-
-
-def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
-    if isinstance(size, int):
-        return size, size
-    height, width = size
-    return int(height), int(width)
 
 
 def _check_model(cfg: RunConfig, spec) -> tuple[nn.Module, dict[str, Any]]:
@@ -137,13 +129,11 @@ def _check_model(cfg: RunConfig, spec) -> tuple[nn.Module, dict[str, Any]]:
 
 def _check_geometry(cfg: RunConfig, model: nn.Module, in_channels: int) -> int:
     """Check the crop against the model and return the number of output channels."""
-    augment_crop = (cfg.augment or {}).get("crop")
-    crop = cfg.data.crop_size if cfg.data.crop_size is not None else augment_crop
     key = "data.crop_size" if cfg.data.crop_size is not None else "augment.crop"
     minimum = min_input_size(model, in_channels)
-    if crop is None:  # full images: their sizes are known only once the data is read
+    if cfg.train_crop is None:  # full images: their sizes are known only once the data is read
         return meta_forward(model, in_channels, max(minimum, 64), max(minimum, 64))[1]
-    height, width = _pair(crop)
+    height, width = cfg.train_crop
     if min(height, width) < minimum and not _shrinks(model):
         raise ConfigError(f"{key}: {height}x{width} crops are too small for {cfg.model.name} "
                           f"with these model.kwargs: each side needs at least {minimum} pixels "

@@ -107,11 +107,8 @@ def build_budget(cfg: RunConfig, train_ds, val_loader: DataLoader | None,
     tc = cfg.train
     if tc.max_minutes is None:
         return None
-    crop = cfg.data.crop_size
-    if crop is None:  # whole images: the first one's size, from its header
-        train_hw = image_size(train_ds.samples[0][0])
-    else:
-        train_hw = (crop, crop) if isinstance(crop, int) else tuple(crop)
+    # whole images: the first one's size, from its header
+    train_hw = cfg.train_crop or image_size(train_ds.samples[0][0])
     train_pixels = math.prod(train_hw) * cfg.data.batch_size * cfg.optim.grad_accum
     val_pixels = 0
     if val_loader is not None:
