@@ -2,7 +2,9 @@
 
 Images are read untransformed (``read_raw``) and predicted by
 :class:`~pixelwise.engine.predict.Predictor` with the *checkpoint's* normalisation: whole
-(valid-convolution U-Nets get a mirrored border) or tile by tile with ``tile_size``.
+(valid-convolution U-Nets get a mirrored border) or tile by tile with ``tile_size``. Whole
+images are labelled by the same code as validation (``engine.forward``), so the metrics of
+``best.pt`` equal those its training run logged for it (same split, same threshold).
 All metrics come from one confusion matrix over the split, as in the FCN paper;
 boundary F1 (SegNet's BF score) and, for two-class data, Hausdorff 95 are means over images.
 """
@@ -20,21 +22,24 @@ from ..checkpoint import Checkpoint, load_checkpoint
 from ..errors import ConfigError
 from ..io import atomic_write_json
 from .distributed import resolve_device
+from .forward import DEFAULT_THRESHOLD
 
 SUMMARY_KEYS = ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou", "dice")
 
 
 def _mask_predictor(ckpt: Checkpoint, device: torch.device, tile_size: int | None,
-                    overlap: float) -> Callable[[np.ndarray], np.ndarray]:
+                    overlap: float, threshold: float) -> Callable[[np.ndarray], np.ndarray]:
     """``image (H, W, C) -> class mask (H, W) int64`` through :class:`Predictor`.
 
     The predictor normalises with the checkpoint's statistics, mirrors the border of
     valid-convolution U-Nets and tiles when ``tile_size`` is given, exactly as
-    ``pixelwise predict`` does, so evaluation scores what users will get.
+    ``pixelwise predict`` does, so evaluation scores what users will get; whole images get
+    the labels validation gives (``engine.forward``).
     """
     from .predict import Predictor
 
-    predictor = Predictor(ckpt, tile_size=tile_size, overlap=overlap, device=device)
+    predictor = Predictor(ckpt, tile_size=tile_size, overlap=overlap, threshold=threshold,
+                          device=device)
     return lambda image: predictor.predict(image).mask.astype(np.int64)
 
 
@@ -77,7 +82,8 @@ def _run_folder_curves(ckpt_path: Path) -> Path | None:
 
 def evaluate(checkpoint: str | os.PathLike | Checkpoint, spec: Any, split: str = "val",
              output: str | os.PathLike | None = None, *, device: str = "auto",
-             tile_size: int | None = None, overlap: float = 0.25, boundary_tolerance: int = 2,
+             tile_size: int | None = None, overlap: float = 0.25,
+             threshold: float = DEFAULT_THRESHOLD, boundary_tolerance: int = 2,
              num_examples: int = 3, num_worst: int = 3, progress: bool = False) -> dict[str, Any]:
     """Score a checkpoint on one split and (with ``output``) write metrics.json and report.html.
 
@@ -88,6 +94,7 @@ def evaluate(checkpoint: str | os.PathLike | Checkpoint, spec: Any, split: str =
         output: folder for ``metrics.json``, ``report.html`` and the PNGs; None writes nothing.
         device: ``auto``, ``cpu``, ``cuda``...
         tile_size: predict in tiles of this size (with ``overlap``); None = whole images.
+        threshold: foreground probability threshold of a binary (one-logit) model.
         boundary_tolerance: pixel tolerance of the boundary F1 score.
         num_examples, num_worst: overlays of the first images and of the lowest-IoU images.
         progress: show a progress bar.
@@ -104,7 +111,7 @@ def evaluate(checkpoint: str | os.PathLike | Checkpoint, spec: Any, split: str =
     dataset = SegmentationDataset(spec, split)
     _check_classes(ckpt, dataset)
     dev = resolve_device(device)
-    predict = _mask_predictor(ckpt, dev, tile_size, overlap)
+    predict = _mask_predictor(ckpt, dev, tile_size, overlap, threshold)
     n, ignore = dataset.num_classes, dataset.ignore_index
     cm = ConfusionMatrix(n, ignore_index=ignore)
     binary = n == 2
