@@ -105,43 +105,16 @@ def evaluate(checkpoint: str | os.PathLike | Checkpoint, spec: Any, split: str =
         classes), ``per_class`` (one row per class name), ``confusion_matrix``, ``per_image``.
     """
     from ..data import SegmentationDataset
-    from ..metrics import ConfusionMatrix, boundary_f1, hausdorff95
 
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     dataset = SegmentationDataset(spec, split)
     _check_classes(ckpt, dataset)
-    dev = resolve_device(device)
-    predict = _mask_predictor(ckpt, dev, tile_size, overlap, threshold)
-    n, ignore = dataset.num_classes, dataset.ignore_index
-    cm = ConfusionMatrix(n, ignore_index=ignore)
-    binary = n == 2
-    per_image, bf_scores, hd_scores = [], [], []
-    kept: dict[int, np.ndarray] = {}      # predictions of the first images, for the report
-    worst: list[tuple[float, int, np.ndarray]] = []  # heap of (-iou, index, pred)
-    indices = range(len(dataset))
-    if progress:
-        from tqdm.auto import tqdm
-
-        indices = tqdm(indices, desc=f"evaluate {split}", unit="img")
-    for i in indices:
-        image, target = dataset.read_raw(i)
-        pred = predict(image)
-        cm.update(torch.from_numpy(pred), torch.from_numpy(target))
-        iou = _image_iou(pred, target, n, ignore)
-        bf = boundary_f1(pred, target, tolerance=boundary_tolerance,
-                         classes=[1] if binary else None, ignore_index=ignore)
-        entry = {"image": str(dataset.samples[i][0]), "mean_iou": iou, "boundary_f1": bf}
-        if binary:
-            entry["hausdorff95"] = hausdorff95(pred, target, ignore_index=ignore)
-            hd_scores.append(entry["hausdorff95"])
-        per_image.append(entry)
-        bf_scores.append(bf)
-        if i < num_examples:
-            kept[i] = pred
-        if num_worst and iou is not None:
-            heapq.heappush(worst, (-iou, i, pred))
-            if len(worst) > num_worst:
-                heapq.heappop(worst)  # drops the best of the kept (largest iou)
+    predict = _mask_predictor(ckpt, resolve_device(device), tile_size, overlap, threshold)
+    cm, per_image, kept, worst = _score_split(dataset, predict, boundary_tolerance,
+                                              num_examples, num_worst, progress)
+    binary = dataset.num_classes == 2
+    bf_scores = [e["boundary_f1"] for e in per_image]
+    hd_scores = [e["hausdorff95"] for e in per_image] if binary else []
     metrics = cm.compute()
     mat = cm.mat.cpu()
     result: dict[str, Any] = {
@@ -162,6 +135,43 @@ def evaluate(checkpoint: str | os.PathLike | Checkpoint, spec: Any, split: str =
         worst_sorted = sorted(((-neg, i, p) for neg, i, p in worst), key=lambda x: x[0])
         _write_outputs(Path(output), result, ckpt, dataset, kept, worst_sorted, mat)
     return result
+
+
+def _score_split(dataset, predict: Callable[[np.ndarray], np.ndarray], tolerance: int,
+                 num_examples: int, num_worst: int, progress: bool):
+    """Predict every image of ``dataset``: the split's confusion matrix, each image's entry,
+    the first ``num_examples`` predictions and a heap of the ``num_worst`` by IoU."""
+    from ..metrics import ConfusionMatrix, boundary_f1, hausdorff95
+
+    n, ignore = dataset.num_classes, dataset.ignore_index
+    cm = ConfusionMatrix(n, ignore_index=ignore)
+    per_image: list[dict[str, Any]] = []
+    kept: dict[int, np.ndarray] = {}      # predictions of the first images, for the report
+    worst: list[tuple[float, int, np.ndarray]] = []  # heap of (-iou, index, pred)
+    indices = range(len(dataset))
+    if progress:
+        from tqdm.auto import tqdm
+
+        indices = tqdm(indices, desc=f"evaluate {dataset.split}", unit="img")
+    for i in indices:
+        image, target = dataset.read_raw(i)
+        pred = predict(image)
+        cm.update(torch.from_numpy(pred), torch.from_numpy(target))
+        iou = _image_iou(pred, target, n, ignore)
+        entry = {"image": str(dataset.samples[i][0]), "mean_iou": iou,
+                 "boundary_f1": boundary_f1(pred, target, tolerance=tolerance,
+                                            classes=[1] if n == 2 else None,
+                                            ignore_index=ignore)}
+        if n == 2:
+            entry["hausdorff95"] = hausdorff95(pred, target, ignore_index=ignore)
+        per_image.append(entry)
+        if i < num_examples:
+            kept[i] = pred
+        if num_worst and iou is not None:
+            heapq.heappush(worst, (-iou, i, pred))
+            if len(worst) > num_worst:
+                heapq.heappop(worst)  # drops the best of the kept (largest iou)
+    return cm, per_image, kept, worst
 
 
 def _mean(values: list[float | None]) -> float | None:
