@@ -77,7 +77,7 @@ def build_runner(spec: dict):
     if config == "ort":
         import numpy as np
 
-        from pixelwise.export import make_ort_session
+        from pixelwise.engine.backend import make_ort_session
 
         session = make_ort_session(spec["onnx"], threads=spec["threads"])
         name = session.get_inputs()[0].name

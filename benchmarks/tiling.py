@@ -39,7 +39,8 @@ def worker(spec: dict) -> dict:
     start = time.perf_counter()
     common = dict(tile_size=spec["tile"], overlap=spec["overlap"], batch_size=spec["batch"])
     if spec["config"] == "ort":
-        predictor = Predictor(spec["onnx"], threads=spec["threads"], **common)
+        predictor = Predictor(spec["onnx"], backend="onnxruntime", threads=spec["threads"],
+                              **common)
     else:
         torch.manual_seed(0)
         kwargs = MODELS[MODEL]

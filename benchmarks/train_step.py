@@ -151,8 +151,8 @@ def plain_step(name: str):
 def pixelwise_step(name: str):
     from pixelwise.config import load_config
     from pixelwise.engine.allocator import tune_malloc
+    from pixelwise.engine.forward import whole_image_logits
     from pixelwise.engine.schedule import build_optimizer
-    from pixelwise.engine.train import forward_full
     from pixelwise.losses import build_loss
 
     tune_malloc()
@@ -169,7 +169,7 @@ def pixelwise_step(name: str):
     def step(x, y):
         if cfg.train.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        loss = criterion(forward_full(model, x), y)
+        loss = criterion(whole_image_logits(model, x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -1,4 +1,5 @@
-"""ONNX and TorchScript export: parity with PyTorch on a real image, dynamic sizes, metadata."""
+"""ONNX and TorchScript export: parity with PyTorch on generated images (and on real CamVid
+images where the data is present), dynamic sizes, metadata, the library's parity check."""
 
 import numpy as np
 import pytest
@@ -7,9 +8,10 @@ import torch.nn as nn
 from PIL import Image
 
 from pixelwise.checkpoint import load_checkpoint, save_checkpoint
-from pixelwise.errors import CheckpointError
-from pixelwise.export import (export_onnx, export_torchscript, load_torchscript,
-                              make_ort_session, read_onnx_metadata)
+from pixelwise.data.synthetic import generate_sample
+from pixelwise.engine.backend import make_ort_session, read_onnx_metadata
+from pixelwise.errors import CheckpointError, PixelwiseError
+from pixelwise.export import TOLERANCE, export_onnx, export_torchscript, load_torchscript
 from pixelwise.models import build_model, list_models
 from pixelwise.preprocess import to_tensor
 
@@ -58,17 +60,38 @@ def camvid_batch(channels, size, batch=1):
     return torch.stack(tensors)
 
 
+def generated_batch(channels, size, batch=1):
+    """Synthetic scenes (textured shapes on clutter, ``pixelwise.data.synthetic``) of ``size``
+    (h, w), normalised like the checkpoint: image statistics, not noise, on every machine."""
+    rng = np.random.default_rng(7)
+    tensors = []
+    for _ in range(batch):
+        image, _ = generate_sample(rng, max(size))
+        image = image[:size[0], :size[1]]
+        if channels == 1:
+            image = image.mean(-1, keepdims=True).astype(np.uint8)
+        tensors.append(to_tensor(image, MEAN[:channels], STD[:channels]))
+    return torch.stack(tensors)
+
+
+def image_sources() -> list:
+    """Generated images everywhere; real CamVid images too where the data is present."""
+    return [generated_batch] + ([camvid_batch] if CAMVID.is_dir() else [])
+
+
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
                                   for n in sorted(TINY)])
-def test_onnx_matches_pytorch_on_real_images(name, tmp_path):
+def test_onnx_matches_pytorch(name, tmp_path):
     assert sorted(TINY) == list_models()
     kwargs = TINY[name]
     ckpt = load_checkpoint(make_checkpoint(tmp_path / "m.pt", name, kwargs))
-    path = export_onnx(ckpt, tmp_path / "m.onnx")  # traced at 64 x 64, batch 1
+    path = export_onnx(ckpt, tmp_path / "m.onnx")  # traced at 64 x 64, batch 1; verified
     session = make_ort_session(path, threads=1)
     c = ckpt.in_channels
     # the export size, then another batch size and a size neither square nor a power of 2
-    for x in (camvid_batch(c, (64, 64)), camvid_batch(c, (45, 61), batch=2)):
+    inputs = [x for batch in image_sources()
+              for x in (batch(c, (64, 64)), batch(c, (45, 61), batch=2))]
+    for x in inputs:
         with torch.no_grad():
             want = ckpt.model(x).numpy()
         got = session.run(None, {"image": x.numpy()})[0]
@@ -104,7 +127,8 @@ def test_torchscript_round_trip(tmp_path, kwargs):
     module, meta = load_torchscript(path)
     assert meta["class_names"] == ckpt.class_names and meta["mean"] == list(ckpt.mean)
     size = 61 if kwargs.get("padding") != "valid" else 108
-    x = camvid_batch(kwargs["in_channels"], (size, size + 4 * (kwargs.get("padding") == "valid")))
+    x = generated_batch(kwargs["in_channels"],
+                        (size, size + 4 * (kwargs.get("padding") == "valid")))
     with torch.no_grad():
         torch.testing.assert_close(module(x), ckpt.model(x), atol=ATOL, rtol=0)
 
@@ -129,9 +153,39 @@ def test_cli_export_onnx_and_torchscript(tmp_path, capsys):
                   str(tmp_path / name)])
         assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    assert "verified: max |ONNX Runtime - PyTorch|" in out and "wrote" in out
+    assert "verified: ONNX Runtime matches PyTorch within 0.0001 on 2 inputs" in out
+    assert "wrote" in out
     assert read_onnx_metadata(tmp_path / "m.onnx")["class_names"] == ["sky", "road", "car"]
     assert load_torchscript(tmp_path / "m.ts")[1]["model_name"] == "unet"
     with pytest.raises(SystemExit) as exit_info:
         main(["export", "--checkpoint", str(tmp_path / "none.pt"), "--output", "x.onnx"])
     assert exit_info.value.code == 1
+
+
+def test_parity_is_checked_in_the_library_with_one_tolerance(tmp_path, monkeypatch):
+    """Both exports go through export.parity.check_parity: a graph off by more than the
+    tolerance is refused and nothing is written; within it, the export passes."""
+    from pixelwise.engine import backend
+    from pixelwise.export import parity
+
+    ckpt = load_checkpoint(make_checkpoint(tmp_path / "m.pt", "unet", TINY["unet"]))
+    real_call = backend.OnnxRuntimeBackend.__call__
+    for offset, ok in ((TOLERANCE / 2, True), (TOLERANCE * 3, False)):
+        # |PyTorch| of these logits is well under 1: the allowed error is about TOLERANCE.
+        monkeypatch.setattr(backend.OnnxRuntimeBackend, "__call__",
+                            lambda self, x, d=offset: real_call(self, x) + d)
+        target = tmp_path / f"{ok}.onnx"
+        if ok:
+            export_onnx(ckpt, target)
+            assert target.is_file()
+        else:
+            with pytest.raises(PixelwiseError, match=r"ONNX export of 'unet' does not reproduce "
+                                                     r"the model on input \(2, 3, 64, 64\)"):
+                export_onnx(ckpt, target)
+            assert not target.exists()
+    # The TorchScript export reads the same tolerance: folding BatchNorm moves its logits by
+    # ~1e-7, which a tolerance of 1e-12 refuses.
+    monkeypatch.setattr(parity, "TOLERANCE", 1e-12)
+    with pytest.raises(PixelwiseError, match="TorchScript export of 'unet' does not reproduce"):
+        export_torchscript(ckpt, tmp_path / "m.ts")
+    assert not (tmp_path / "m.ts").exists()

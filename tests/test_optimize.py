@@ -3,9 +3,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from pixelwise.engine.optimize import (count_batchnorms, fold_batchnorm, fold_conv_bn,
-                                       optimize_for_inference)
+from pixelwise.engine.optimize import optimize_for_inference
 from pixelwise.models import build_model, list_models
+from pixelwise.models.fold import count_batchnorms, fold_batchnorm, fold_conv_bn
 from common import TINY
 
 

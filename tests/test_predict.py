@@ -15,7 +15,7 @@ from pixelwise.checkpoint import load_checkpoint, save_checkpoint
 from pixelwise.engine.predict import Predictor, collect_inputs, predict_paths
 from pixelwise.engine.raster import TiffRegionReader, predict_raster
 from pixelwise.engine.tiling import mirror_pad
-from pixelwise.errors import DataError
+from pixelwise.errors import ConfigError, DataError
 from pixelwise.models import build_model
 
 from common import default_conv_init
@@ -124,27 +124,31 @@ def test_binary_threshold_and_valid_model(ckpt_binary):
     assert np.array_equal(a.mask, (a.probs[0] >= 0.3).astype(np.uint8))
     assert np.array_equal(b.mask, (b.probs[0] >= 0.7).astype(np.uint8))
     assert 0 < b.mask.sum() < a.mask.sum() < a.mask.size
-    # Valid convolutions: the whole image is one mirrored tile; the paper's overlap-tile with
-    # pooling-aligned tiles gives the same probabilities.
+    # Valid convolutions: the whole image is mirrored outwards, a 20 px margin before it and
+    # the rest after it, to the exact input sizes 80 x 92 (outputs 40 x 52; see
+    # test_geometry.py); the paper's overlap-tile with pooling-aligned tiles gives the same.
     model = load_checkpoint(ckpt_binary).model
     with torch.no_grad():
         x = normalised(img, c=1)
-        want = torch.sigmoid(model(mirror_pad(x, 20, 92 - 37 - 20, 20, 92 - 50 - 20)))
+        want = torch.sigmoid(model(mirror_pad(x, 20, 80 - 37 - 20, 20, 92 - 50 - 20)))
     np.testing.assert_allclose(a.probs, want[0, :, :37, :50].numpy(), atol=1e-5)
     tiled = Predictor(ckpt_binary, tile_size=64, overlap=0.25).predict(img)
     np.testing.assert_allclose(tiled.probs, a.probs, atol=1e-5)
 
 
 def test_onnxruntime_backend_matches_torch(ckpt3, ckpt_binary, tmp_path):
-    from pixelwise.export import export_onnx
+    from pixelwise.export import export_onnx, onnx_bytes
 
     img = image(33, 47)
     ref = Predictor(ckpt3, tile_size=32).predict(img)
-    ort_pred = Predictor(ckpt3, backend="onnxruntime", tile_size=32, threads=1).predict(img)
+    exported = onnx_bytes(load_checkpoint(ckpt3))
+    ort_pred = Predictor(exported, backend="onnxruntime", tile_size=32, threads=1).predict(img)
+    assert ort_pred.probs.shape == (3, 33, 47)
     np.testing.assert_allclose(ort_pred.probs, ref.probs, atol=1e-5)
     # From an exported file, a valid-convolution model: sizes and names come from metadata.
     onnx_file = export_onnx(ckpt_binary, tmp_path / "m.onnx")
-    from_file = Predictor(onnx_file, threshold=0.4, tile_size=64, threads=1)
+    from_file = Predictor(onnx_file, backend="onnxruntime", threshold=0.4, tile_size=64,
+                          threads=1)
     assert from_file.class_names == ["background", "membrane"] and from_file.binary
     gray = image(41, 30, c=1)
     want = Predictor(ckpt_binary, threshold=0.4, tile_size=64).predict(gray)
@@ -163,10 +167,42 @@ def test_predict_batch_matches_single(ckpt3):
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="backend"):
+    with pytest.raises(ConfigError, match="'tensorrt' is not a backend"):
         Predictor("x.pt", backend="tensorrt")
     with pytest.raises(ValueError, match="threshold"):
         Predictor("x.pt", threshold=2)
+
+
+def test_backend_is_chosen_explicitly(ckpt3, tmp_path):
+    """An .onnx file no longer overrides backend, optimize and compile: a contradiction is a
+    one-line ConfigError naming it (and a usage error, exit 2, from the CLI)."""
+    from pixelwise.cli import main
+    from pixelwise.export import export_onnx
+
+    onnx_file = export_onnx(ckpt3, tmp_path / "m.onnx", verify=False)
+    with pytest.raises(ConfigError, match=r"m.onnx is an exported ONNX model: it runs on "
+                                          r"backend 'onnxruntime', not 'torch'"):
+        Predictor(onnx_file)
+    for option in ("optimize", "compile"):
+        with pytest.raises(ConfigError, match="optimize and compile are options of the torch"):
+            Predictor(onnx_file, backend="onnxruntime", **{option: True})
+    with pytest.raises(ConfigError, match="unet3.pt is a checkpoint: backend 'onnxruntime' "
+                                          "runs exported models"):
+        Predictor(ckpt3, backend="onnxruntime")
+    Image.fromarray(image(16, 16)).save(tmp_path / "a.png")
+    for extra in (["--backend", "torch"], ["--optimize"]):
+        with pytest.raises(SystemExit) as e:
+            main(["predict", "-c", str(onnx_file), str(tmp_path / "a.png"), "-o",
+                  str(tmp_path / "o"), "--no-progress", *extra])
+        assert e.value.code == 2
+    assert not (tmp_path / "o").exists()
+    # auto: the file's own backend, with torch's default --optimize left off
+    with pytest.raises(SystemExit) as e:
+        main(["predict", "-c", str(onnx_file), str(tmp_path / "a.png"), "-o",
+              str(tmp_path / "o"), "--no-progress"])
+    assert e.value.code == 0
+    want = Predictor(onnx_file, backend="onnxruntime").predict(image(16, 16)).mask
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "o" / "a_mask.png")), want)
 
 
 def test_predict_paths_writes_masks_overlays_probs_summary(ckpt3, tmp_path):

@@ -1,5 +1,5 @@
-"""Trainer: schedules, data order, valid-padding forward, resume after SIGKILL, NaN stop,
-best checkpoint and early stopping."""
+"""Trainer: schedules, data order, resume after SIGKILL, NaN stop, best checkpoint and early
+stopping. (The valid-padding forward and the labels: tests/test_forward.py.)"""
 from __future__ import annotations
 
 import os
@@ -86,42 +86,6 @@ def test_batches_per_epoch_counts_whole_optimizer_steps():
     assert D.batches_per_epoch(12, 2, 1, 4, None) == 4     # 6 batches -> 1 step of 4
     assert D.batches_per_epoch(12, 2, 2, 1, None) == 3     # 6 per rank
     assert D.batches_per_epoch(12, 2, 1, 1, 2) == 2
-
-
-class _Crop(torch.nn.Module):
-    """A 'valid' model that returns its input without a margin of ``m`` pixels."""
-
-    def __init__(self, m: int):
-        super().__init__()
-        self.m = m
-
-    def output_shape(self, h: int, w: int) -> tuple[int, int]:
-        return h - 2 * self.m, w - 2 * self.m
-
-    def forward(self, x):
-        return x[..., self.m:-self.m, self.m:-self.m]
-
-
-def test_forward_full_aligns_valid_models_with_the_mask():
-    x = torch.arange(2 * 1 * 9 * 7, dtype=torch.float32).reshape(2, 1, 9, 7)
-    assert torch.equal(T.forward_full(_Crop(3), x), x)       # mirrored border cropped away
-    assert torch.equal(T.forward_full(_Crop(12), x), x)      # margin beyond the image size
-
-
-def test_forward_full_gives_mask_sized_logits_for_valid_unet():
-    from pixelwise.models import build_model
-
-    net = build_model("unet", in_channels=1, num_classes=2, base_channels=2, depth=2,
-                      padding="valid", batch_norm=False)
-    assert T.forward_full(net, torch.randn(1, 1, 40, 36)).shape == (1, 2, 40, 36)
-    assert T.forward_full(net, torch.randn(1, 1, 64, 64)).shape == (1, 2, 64, 64)
-
-
-def test_predict_labels_binary_and_multiclass():
-    two = torch.tensor([[[[0.1, 2.0]], [[0.3, -1.0]]]])   # (1, 2, 1, 2)
-    assert T.predict_labels(two).tolist() == [[[1, 0]]]
-    one = torch.tensor([[[[-0.5, 0.5]]]])
-    assert T.predict_labels(one).tolist() == [[[0, 1]]]
 
 
 def test_rng_state_round_trips_through_weights_only_load(tmp_path):

@@ -17,6 +17,7 @@ A checkpoint is a plain dict (loadable with ``torch.load(weights_only=True)``)::
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -66,8 +67,58 @@ class Checkpoint:
     @property
     def labels(self) -> LabelSet:
         """Name and colour of each mask value (a one-logit model's 0 is the background)."""
-        outputs = int(self.model_kwargs.get("num_classes", self.num_classes))
-        return LabelSet.from_names(self.class_names, self.palette, num_outputs=outputs)
+        return LabelSet.from_names(self.class_names, self.palette, num_outputs=self.num_outputs)
+
+    @property
+    def num_outputs(self) -> int:
+        """Channels of the model's logits: ``num_classes`` from the constructor when given
+        (1 for a binary model on two class names)."""
+        return int(self.model_kwargs.get("num_classes", self.num_classes))
+
+    def metadata(self) -> dict[str, Any]:
+        """What inference needs besides the weights, as plain JSON-able values: exports carry
+        it (:func:`metadata_to_strings`) and inference backends read it back."""
+        return {
+            "format_version": METADATA_VERSION,
+            "model_name": self.model_name,
+            "model_kwargs": self.model_kwargs,
+            "class_names": list(self.class_names),
+            "num_outputs": self.num_outputs,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "palette": [list(c) for c in self.palette] if self.palette is not None else None,
+            "ignore_index": self.ignore_index,
+        }
+
+
+# Exported models store the metadata as string key/value pairs (ONNX ``metadata_props``;
+# TorchScript's extra file holds the same dict as one JSON file), every value JSON-encoded.
+METADATA_PREFIX = "pixelwise."
+METADATA_VERSION = 1
+METADATA_REQUIRED = ("model_name", "class_names", "mean", "std")
+
+
+def metadata_to_strings(meta: dict[str, Any]) -> dict[str, str]:
+    """``{"pixelwise.<key>": json}`` for each entry of :meth:`Checkpoint.metadata`."""
+    return {METADATA_PREFIX + k: json.dumps(v) for k, v in meta.items()}
+
+
+def metadata_from_strings(props: dict[str, str], source: str) -> dict[str, Any]:
+    """Inverse of :func:`metadata_to_strings`; other keys are ignored.
+
+    Raises:
+        CheckpointError: a required key is missing or a value is not JSON (``source`` named).
+    """
+    meta = {k[len(METADATA_PREFIX):]: v for k, v in props.items()
+            if k.startswith(METADATA_PREFIX)}
+    missing = [k for k in METADATA_REQUIRED if k not in meta]
+    if missing:
+        raise CheckpointError(f"{source}: not a pixelwise export (metadata lacks "
+                              f"{', '.join(METADATA_PREFIX + m for m in sorted(missing))})")
+    try:
+        return {k: json.loads(v) for k, v in meta.items()}
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{source}: unreadable pixelwise metadata: {e}") from e
 
 
 def make_checkpoint(model: nn.Module, model_name: str, model_kwargs: dict[str, Any],

@@ -139,6 +139,9 @@ class TrainConfig(_Section):
     sync_batchnorm: bool = False
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
     val_every: int = Field(1, ge=1)  # epochs
+    # A binary (one-logit) model's validation labels: foreground where sigmoid >= this, the
+    # rule of `pixelwise evaluate --threshold` / `predict --threshold` (engine/forward.py).
+    val_threshold: float = Field(0.5, ge=0, le=1)
     best_metric: str = "mean_iou"
     best_mode: Literal["max", "min"] = "max"
     early_stopping_patience: int | None = Field(None, ge=1)  # validations without improvement

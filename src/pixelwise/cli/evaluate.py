@@ -20,13 +20,16 @@ import click
               help="Predict in tiles of this size (large images); default whole images.")
 @click.option("--overlap", type=click.FloatRange(0, 1, max_open=True), default=0.25,
               show_default=True, help="Tile overlap fraction.")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Foreground probability threshold of a binary model (as train.val_threshold).")
 @click.option("--tolerance", type=click.IntRange(min=0), default=2, show_default=True,
               help="Boundary F1 matching tolerance in pixels.")
 @click.option("--examples", type=click.IntRange(min=0), default=3, show_default=True,
               help="Overlays of the first N images and of the N worst (lowest IoU).")
 def command(checkpoint: str, spec: str | None, root: str | None, split: str, output: str,
             device: str,
-            tile_size: int | None, overlap: float, tolerance: int, examples: int) -> None:
+            tile_size: int | None, overlap: float, threshold: float, tolerance: int,
+            examples: int) -> None:
     """Score a checkpoint on a dataset split: pixel accuracy, mean accuracy, mean IoU,
     frequency-weighted IoU, Dice, boundary F1 and per-class tables in DIR/metrics.json, and a
     self-contained DIR/report.html (confusion matrix, per-class IoU, overlays including the
@@ -55,8 +58,8 @@ def command(checkpoint: str, spec: str | None, root: str | None, split: str, out
     if root is not None:
         spec = load_spec(spec, root=root)
     result = evaluate(checkpoint, spec, split, output, device=device, tile_size=tile_size,
-                      overlap=overlap, boundary_tolerance=tolerance, num_examples=examples,
-                      num_worst=examples, progress=True)
+                      overlap=overlap, threshold=threshold, boundary_tolerance=tolerance,
+                      num_examples=examples, num_worst=examples, progress=True)
     for key in (*SUMMARY_METRICS, "boundary_f1", "hausdorff95"):
         if key not in result:
             continue

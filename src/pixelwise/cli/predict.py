@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..engine.backend import BACKENDS
 from ..errors import PixelwiseError
 
 RASTER_PIXELS = 2**26  # TIFFs above this (about 8,000 x 8,000) are predicted block by block
@@ -86,8 +87,9 @@ def _parse_shard(ctx, param, value: str | None) -> tuple[int, int] | None:
               help="Test-time scales, e.g. 0.75,1,1.25 (averaged with the flips).")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Foreground probability threshold of a binary model.")
-@click.option("--backend", type=click.Choice(["torch", "onnxruntime"]), default="torch",
-              show_default=True, help="Inference engine (an .onnx checkpoint implies onnxruntime).")
+@click.option("--backend", type=click.Choice(["auto", *BACKENDS]), default="auto",
+              show_default=True, help="Inference engine; auto: onnxruntime for an .onnx file, "
+                                      "torch for a checkpoint (onnxruntime exports it in memory).")
 @click.option("--probs", is_flag=True, help="Also write per-class probabilities.")
 @click.option("--probs-format", type=click.Choice(["npy", "tiff16"]), default="npy",
               show_default=True, help="float32 .npy, or 16-bit TIFF (probability x 65535).")
@@ -99,8 +101,9 @@ def _parse_shard(ctx, param, value: str | None) -> tuple[int, int] | None:
               help="Also write NAME_mask.mkv for videos (lossless class colours).")
 @click.option("--device", default="auto", show_default=True,
               help="Torch device; auto = cuda:LOCAL_RANK when CUDA is available, else cpu.")
-@click.option("--optimize/--no-optimize", default=True, show_default=True,
-              help="Fold BatchNorm and use channels_last (same results, faster on CPU).")
+@click.option("--optimize/--no-optimize", default=None,
+              help="Fold BatchNorm and use channels_last (same results, faster on CPU); "
+                   "torch only, on by default there.")
 @click.option("--raster", is_flag=True,
               help="Predict TIFF inputs block by block into tiled mask TIFFs (automatic for "
                    "TIFFs over 64 Mpixel); GeoTIFF georeferencing is kept.")
@@ -154,7 +157,8 @@ def command(inputs, files_from, shard, checkpoint, output, tile_size, overlap, t
     summary_name = "summary.json" if shard is None else f"summary-{rank}-of-{world_size}.json"
     bars = _Bars(progress and group.rank == 0)
     try:
-        predictor = Predictor(checkpoint, backend=backend, tile_size=tile_size, overlap=overlap,
+        source, backend, optimize = choose_backend(checkpoint, backend, optimize)
+        predictor = Predictor(source, backend=backend, tile_size=tile_size, overlap=overlap,
                               tta=tta, threshold=threshold, scales=scales,
                               device=resolve_device(device, group.local_rank),
                               batch_size=batch_size, optimize=optimize, progress=bars.tile_done)
@@ -174,6 +178,34 @@ def command(inputs, files_from, shard, checkpoint, output, tile_size, overlap, t
         leave_group(group)
     summary = write_summary(predictor, results, out, summary_name) if group.rank == 0 else None
     _report(group.rank, results, summary, out / summary_name)
+
+
+def choose_backend(checkpoint: str | os.PathLike, backend: str,
+                   optimize: bool | None) -> tuple[str | os.PathLike | bytes, str, bool]:
+    """``(source, backend, optimize)`` for the Predictor from ``--checkpoint``, ``--backend``
+    and ``--optimize`` (shared with ``pixelwise serve``).
+
+    ``auto`` picks the backend the file is for; ``--optimize`` defaults to on for torch. A
+    checkpoint on onnxruntime is exported in memory. A contradiction (an .onnx file on
+    torch, --optimize on onnxruntime) is a usage error: one line, exit 2.
+    """
+    from ..engine.backend import backend_problem
+
+    onnx_file = Path(checkpoint).suffix.lower() == ".onnx"
+    if backend == "auto":
+        backend = "onnxruntime" if onnx_file else "torch"
+    if optimize is None:
+        optimize = backend == "torch"
+    source: str | os.PathLike | bytes = checkpoint
+    if backend == "onnxruntime" and not onnx_file:
+        from ..checkpoint import load_checkpoint
+        from ..export import onnx_bytes
+
+        source = onnx_bytes(load_checkpoint(checkpoint))
+    problem = backend_problem(source, backend, optimize)
+    if problem is not None:
+        raise click.BadParameter(problem, param_hint="--backend")
+    return source, backend, optimize
 
 
 def _report(rank: int, results, summary, summary_path: Path) -> None:

@@ -16,8 +16,9 @@ from ..errors import PixelwiseError
               help="Address to listen on (0.0.0.0 for every interface).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
               help="TCP port (0 picks a free one).")
-@click.option("--backend", type=click.Choice(["torch", "onnxruntime"]), default="torch",
-              show_default=True, help="Inference backend.")
+@click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime"]), default="auto",
+              show_default=True, help="Inference backend; auto: onnxruntime for an .onnx file, "
+                                      "torch for a checkpoint.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device (cpu, cuda, cuda:1).")
 @click.option("--tile-size", type=click.IntRange(min=16), default=None,
               help="Predict large images in tiles of this size (default: whole image).")
@@ -57,11 +58,13 @@ def command(checkpoint: Path, host: str, port: int, backend: str, device: str,
     import torch
 
     from ..engine.predict import Predictor
+    from .predict import choose_backend
     from ..serve import create_app
 
     if threads is not None:
         torch.set_num_threads(threads)
-    predictor = Predictor(checkpoint, backend=backend, tile_size=tile_size, device=device,
+    source, backend, _ = choose_backend(checkpoint, backend, optimize=False)
+    predictor = Predictor(source, backend=backend, tile_size=tile_size, device=device,
                           threads=threads)
     if max_batch is None:
         # Measured with benchmarks/loadtest.py on a 2-core CPU (16 clients, 360x480): batches

@@ -54,7 +54,7 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
                       model_validator)
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from ..labels import LabelSet
 from .encoding import encode_mask  # noqa: F401  (re-exported: the spec's mask encoding)
 from .listing import Sample, resolve_split

@@ -2,7 +2,9 @@
 
 Images are read untransformed (``read_raw``) and predicted by
 :class:`~pixelwise.engine.predict.Predictor` with the *checkpoint's* normalisation: whole
-(valid-convolution U-Nets get a mirrored border) or tile by tile with ``tile_size``.
+(valid-convolution U-Nets get a mirrored border) or tile by tile with ``tile_size``. Whole
+images are labelled by the same code as validation (``engine.forward``), so the metrics of
+``best.pt`` equal those its training run logged for it (same split, same threshold).
 All metrics come from one confusion matrix over the split, as in the FCN paper;
 boundary F1 (SegNet's BF score) and, for two-class data, Hausdorff 95 are means over images.
 """
@@ -21,19 +23,22 @@ from ..errors import ConfigError
 from ..io import atomic_write_json
 from ..metrics import SUMMARY_METRICS
 from .distributed import resolve_device
+from .forward import DEFAULT_THRESHOLD
 
 
 def _mask_predictor(ckpt: Checkpoint, device: torch.device, tile_size: int | None,
-                    overlap: float) -> Callable[[np.ndarray], np.ndarray]:
+                    overlap: float, threshold: float) -> Callable[[np.ndarray], np.ndarray]:
     """``image (H, W, C) -> class mask (H, W) int64`` through :class:`Predictor`.
 
     The predictor normalises with the checkpoint's statistics, mirrors the border of
     valid-convolution U-Nets and tiles when ``tile_size`` is given, exactly as
-    ``pixelwise predict`` does, so evaluation scores what users will get.
+    ``pixelwise predict`` does, so evaluation scores what users will get; whole images get
+    the labels validation gives (``engine.forward``).
     """
     from .predict import Predictor
 
-    predictor = Predictor(ckpt, tile_size=tile_size, overlap=overlap, device=device)
+    predictor = Predictor(ckpt, tile_size=tile_size, overlap=overlap, threshold=threshold,
+                          device=device)
     return lambda image: predictor.predict(image).mask.astype(np.int64)
 
 
@@ -76,7 +81,8 @@ def _run_folder_curves(ckpt_path: Path) -> Path | None:
 
 def evaluate(checkpoint: str | os.PathLike | Checkpoint, spec: Any, split: str = "val",
              output: str | os.PathLike | None = None, *, device: str = "auto",
-             tile_size: int | None = None, overlap: float = 0.25, boundary_tolerance: int = 2,
+             tile_size: int | None = None, overlap: float = 0.25,
+             threshold: float = DEFAULT_THRESHOLD, boundary_tolerance: int = 2,
              num_examples: int = 3, num_worst: int = 3, progress: bool = False) -> dict[str, Any]:
     """Score a checkpoint on one split and (with ``output``) write metrics.json and report.html.
 
@@ -87,6 +93,7 @@ def evaluate(checkpoint: str | os.PathLike | Checkpoint, spec: Any, split: str =
         output: folder for ``metrics.json``, ``report.html`` and the PNGs; None writes nothing.
         device: ``auto``, ``cpu``, ``cuda``...
         tile_size: predict in tiles of this size (with ``overlap``); None = whole images.
+        threshold: foreground probability threshold of a binary (one-logit) model.
         boundary_tolerance: pixel tolerance of the boundary F1 score.
         num_examples, num_worst: overlays of the first images and of the lowest-IoU images.
         progress: show a progress bar.
@@ -97,43 +104,16 @@ def evaluate(checkpoint: str | os.PathLike | Checkpoint, spec: Any, split: str =
         classes), ``per_class`` (one row per class name), ``confusion_matrix``, ``per_image``.
     """
     from ..data import SegmentationDataset
-    from ..metrics import ConfusionMatrix, boundary_f1, hausdorff95
 
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     dataset = SegmentationDataset(spec, split)
     _check_classes(ckpt, dataset)
-    dev = resolve_device(device)
-    predict = _mask_predictor(ckpt, dev, tile_size, overlap)
-    n, ignore = dataset.num_classes, dataset.ignore_index
-    cm = ConfusionMatrix(n, ignore_index=ignore)
-    binary = n == 2
-    per_image, bf_scores, hd_scores = [], [], []
-    kept: dict[int, np.ndarray] = {}      # predictions of the first images, for the report
-    worst: list[tuple[float, int, np.ndarray]] = []  # heap of (-iou, index, pred)
-    indices = range(len(dataset))
-    if progress:
-        from tqdm.auto import tqdm
-
-        indices = tqdm(indices, desc=f"evaluate {split}", unit="img")
-    for i in indices:
-        image, target = dataset.read_raw(i)
-        pred = predict(image)
-        cm.update(torch.from_numpy(pred), torch.from_numpy(target))
-        iou = _image_iou(pred, target, n, ignore)
-        bf = boundary_f1(pred, target, tolerance=boundary_tolerance,
-                         classes=[1] if binary else None, ignore_index=ignore)
-        entry = {"image": str(dataset.samples[i][0]), "mean_iou": iou, "boundary_f1": bf}
-        if binary:
-            entry["hausdorff95"] = hausdorff95(pred, target, ignore_index=ignore)
-            hd_scores.append(entry["hausdorff95"])
-        per_image.append(entry)
-        bf_scores.append(bf)
-        if i < num_examples:
-            kept[i] = pred
-        if num_worst and iou is not None:
-            heapq.heappush(worst, (-iou, i, pred))
-            if len(worst) > num_worst:
-                heapq.heappop(worst)  # drops the best of the kept (largest iou)
+    predict = _mask_predictor(ckpt, resolve_device(device), tile_size, overlap, threshold)
+    cm, per_image, kept, worst = _score_split(dataset, predict, boundary_tolerance,
+                                              num_examples, num_worst, progress)
+    binary = dataset.num_classes == 2
+    bf_scores = [e["boundary_f1"] for e in per_image]
+    hd_scores = [e["hausdorff95"] for e in per_image] if binary else []
     metrics = cm.compute()
     mat = cm.mat.cpu()
     result: dict[str, Any] = {
@@ -154,6 +134,43 @@ def evaluate(checkpoint: str | os.PathLike | Checkpoint, spec: Any, split: str =
         worst_sorted = sorted(((-neg, i, p) for neg, i, p in worst), key=lambda x: x[0])
         _write_outputs(Path(output), result, ckpt, dataset, kept, worst_sorted, mat)
     return result
+
+
+def _score_split(dataset, predict: Callable[[np.ndarray], np.ndarray], tolerance: int,
+                 num_examples: int, num_worst: int, progress: bool):
+    """Predict every image of ``dataset``: the split's confusion matrix, each image's entry,
+    the first ``num_examples`` predictions and a heap of the ``num_worst`` by IoU."""
+    from ..metrics import ConfusionMatrix, boundary_f1, hausdorff95
+
+    n, ignore = dataset.num_classes, dataset.ignore_index
+    cm = ConfusionMatrix(n, ignore_index=ignore)
+    per_image: list[dict[str, Any]] = []
+    kept: dict[int, np.ndarray] = {}      # predictions of the first images, for the report
+    worst: list[tuple[float, int, np.ndarray]] = []  # heap of (-iou, index, pred)
+    indices = range(len(dataset))
+    if progress:
+        from tqdm.auto import tqdm
+
+        indices = tqdm(indices, desc=f"evaluate {dataset.split}", unit="img")
+    for i in indices:
+        image, target = dataset.read_raw(i)
+        pred = predict(image)
+        cm.update(torch.from_numpy(pred), torch.from_numpy(target))
+        iou = _image_iou(pred, target, n, ignore)
+        entry = {"image": str(dataset.samples[i][0]), "mean_iou": iou,
+                 "boundary_f1": boundary_f1(pred, target, tolerance=tolerance,
+                                            classes=[1] if n == 2 else None,
+                                            ignore_index=ignore)}
+        if n == 2:
+            entry["hausdorff95"] = hausdorff95(pred, target, ignore_index=ignore)
+        per_image.append(entry)
+        if i < num_examples:
+            kept[i] = pred
+        if num_worst and iou is not None:
+            heapq.heappush(worst, (-iou, i, pred))
+            if len(worst) > num_worst:
+                heapq.heappop(worst)  # drops the best of the kept (largest iou)
+    return cm, per_image, kept, worst
 
 
 def _mean(values: list[float | None]) -> float | None:

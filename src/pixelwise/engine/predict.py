@@ -17,17 +17,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import Checkpoint, load_checkpoint
+from ..checkpoint import Checkpoint
 from ..errors import ConfigError, DataError
-from ..io import (atomic_write, atomic_write_bytes, atomic_write_json, encode_mask_png,
-                  encode_rgb_png)
+from ..io import atomic_write, atomic_write_bytes, encode_mask_png, encode_rgb_png
 from ..labels import LabelSet, class_areas, class_pixels
+from ..models import geometry
 from ..models.probe import meta_model, min_input_size
 from ..preprocess import adapt_channels, to_tensor
 from ..visualize import overlay
-from .tiling import input_size_for, shrinks, sliding_window
+from .backend import open_backend
+from .forward import (DEFAULT_THRESHOLD, check_threshold, labels_from_probabilities,
+                      probabilities, whole_image_logits)
+from .tiling import sliding_window
 
-BACKENDS = ("torch", "onnxruntime")
 FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,))  # none, horizontal, vertical
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".npy")
 
@@ -49,11 +51,13 @@ class Predictor:
     """Turn images into class masks with a trained model.
 
     Args:
-        checkpoint: checkpoint path, a loaded :class:`~pixelwise.checkpoint.Checkpoint`, or an
-            ``.onnx`` file from :func:`pixelwise.export.export_onnx` (then ONNX Runtime is used).
-        backend: ``"torch"`` or ``"onnxruntime"`` (a checkpoint is exported in memory).
+        checkpoint: what the backend runs: a checkpoint path or loaded
+            :class:`~pixelwise.checkpoint.Checkpoint` for ``"torch"``; an ``.onnx`` file from
+            :func:`pixelwise.export.export_onnx` (or its bytes) for ``"onnxruntime"``.
+        backend: ``"torch"`` or ``"onnxruntime"`` (:mod:`pixelwise.engine.backend`); a
+            source or option the backend cannot take is a :class:`ConfigError`.
         tile_size: predict in tiles of this input size (``None``: the whole image at once;
-            valid-convolution models then use one mirrored tile covering the image).
+            valid-convolution models then get a mirrored border, ``engine.forward``).
         overlap: tile overlap fraction.
         tta: average over horizontal and vertical flips.
         threshold: foreground probability threshold of a binary (one-logit) model.
@@ -62,27 +66,24 @@ class Predictor:
         batch_size: tiles per forward pass.
         optimize: fold BatchNorm and use channels_last (torch backend; same results up to
             float rounding).
-        compile: also ``torch.compile`` the model (inductor, freezing); the first call per
-            input shape compiles, so it pays off for many same-sized tiles or images.
+        compile: also ``torch.compile`` the model (inductor, freezing; torch backend); the
+            first call per input shape compiles, so it pays off for many same-sized inputs.
         threads: ONNX Runtime intra-op threads (default: one per core).
         progress: called as ``progress(done, total)`` with the tiles of each pass.
     """
 
-    def __init__(self, checkpoint: str | os.PathLike | Checkpoint, backend: str = "torch",
+    def __init__(self, checkpoint: str | os.PathLike | Checkpoint | bytes, backend: str = "torch",
                  tile_size: int | None = None, overlap: float = 0.25, tta: bool = False,
-                 threshold: float = 0.5, device: str | torch.device = "cpu",
+                 threshold: float = DEFAULT_THRESHOLD, device: str | torch.device = "cpu",
                  scales: Sequence[float] = (1.0,), batch_size: int = 1, optimize: bool = False,
                  compile: bool = False, threads: int | None = None,
                  progress: Callable[[int, int], None] | None = None):
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        self.threshold = check_threshold(threshold)
         if not scales or any(s <= 0 for s in scales):
             raise ValueError(f"scales must be positive, got {tuple(scales)}")
         if tile_size is not None and tile_size < 1:
             raise ValueError(f"tile_size must be positive, got {tile_size}")
-        self.tile_size, self.overlap, self.threshold = tile_size, overlap, threshold
+        self.tile_size, self.overlap = tile_size, overlap
         self.flips = FLIPS if tta else ((),)
         self.scales = tuple(float(s) for s in scales)
         self.batch_size, self.progress = batch_size, progress
@@ -93,14 +94,12 @@ class Predictor:
         if problem is not None:
             raise ConfigError(f"device: {problem}")
         self.device = resolve_device(str(device))
-        self._session = None
-        if not isinstance(checkpoint, Checkpoint) and Path(checkpoint).suffix == ".onnx":
-            self._init_onnx_file(Path(checkpoint), threads)
-        else:
-            ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
-            self._init_checkpoint(ckpt, backend, optimize, compile, threads)
-        self.shrinks = shrinks(self.shape_model)
-        self.backend = "torch" if self._session is None else "onnxruntime"
+        self._backend = open_backend(checkpoint, backend, device=self.device, optimize=optimize,
+                                     compile=compile, threads=threads)
+        self.backend = self._backend.name
+        self.meta = self._backend.metadata
+        self.shape_model = self._backend.shape_model  # answers the geometry for tiling
+        self.shrinks = geometry.shrinks(self.shape_model)
         self.min_input_size = self._check_tile_size()
 
     def _check_tile_size(self) -> int:
@@ -120,40 +119,6 @@ class Predictor:
             raise ConfigError(f"tile_size: {self.tile_size} is too small for {name}: each side "
                               f"needs at least {minimum} pixels")
         return minimum
-
-    # -- construction ------------------------------------------------------------------
-
-    def _init_checkpoint(self, ckpt: Checkpoint, backend: str, optimize: bool, compile: bool,
-                         threads: int | None) -> None:
-        from ..export.metadata import checkpoint_metadata
-
-        self.meta = checkpoint_metadata(ckpt)
-        self.shape_model = ckpt.model  # answers output_shape() for tiling
-        if backend == "onnxruntime":
-            from ..export.onnx import make_ort_session, onnx_bytes
-
-            self._session = make_ort_session(onnx_bytes(ckpt, check=False), threads=threads)
-            self.model = None
-        else:
-            model = ckpt.model.eval()
-            if optimize or compile:
-                from .optimize import optimize_for_inference
-
-                model = optimize_for_inference(model, fold_bn=True, channels_last=True,
-                                               compile=compile)
-            self.model = model.to(self.device)
-
-    def _init_onnx_file(self, path: Path, threads: int | None) -> None:
-        from ..export.onnx import make_ort_session, read_onnx_metadata
-        from ..models import build_model
-
-        self._session = make_ort_session(path, threads=threads)
-        self.meta = read_onnx_metadata(self._session)
-        self.model = None
-        # Only the architecture's output_shape() is needed for tiling: build it without weights.
-        with torch.device("meta"):
-            self.shape_model = build_model(self.meta["model_name"],
-                                           **self.meta.get("model_kwargs", {}))
 
     # -- metadata -----------------------------------------------------------------------
 
@@ -207,48 +172,32 @@ class Predictor:
         if min(height, width) < self.min_input_size:
             raise ValueError(f"input {height}x{width} is too small for {self.meta['model_name']}:"
                              f" each side needs at least {self.min_input_size} pixels")
-        if self._session is not None:
-            name = self._session.get_inputs()[0].name
-            out = self._session.run(None, {name: x.detach().cpu().numpy()})[0]
-            return torch.from_numpy(out)
-        with torch.inference_mode():
-            return self.model(x.to(self.device)).float().cpu()
+        return self._backend(x)
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities of a normalised batch (softmax, or sigmoid if binary)."""
-        logits = self.logits(x)
-        return torch.sigmoid(logits) if self.binary else torch.softmax(logits, dim=1)
+        return probabilities(self.logits(x))
 
     def _infer(self, x: torch.Tensor) -> torch.Tensor:
         """Probabilities ``(N, K, H, W)`` at the input's size, tiled as configured."""
-        height, width = x.shape[-2:]
-        model = self.shape_model
-        if self.shrinks:
-            size = input_size_for(model, max(height, width)) if self.tile_size is None \
-                else self._valid_tile(self.tile_size)
-            out = model.output_shape(size, size)[0]
-            depth = getattr(model, "depth", 0)
-            return sliding_window(self.probabilities, x, size, self.overlap, output_size=out,
-                                  stride_multiple=2 ** depth, batch_size=self.batch_size,
-                                  progress=self.progress)
         if self.tile_size is None:
-            return self.probabilities(x)
+            return probabilities(whole_image_logits(self.logits, x, self.shape_model))
+        if self.shrinks:
+            size = self._valid_tile(self.tile_size)
+            out = geometry.output_shape(self.shape_model, size, size)[0]
+            return sliding_window(self.probabilities, x, size, self.overlap, output_size=out,
+                                  stride_multiple=geometry.total_stride(self.shape_model),
+                                  batch_size=self.batch_size, progress=self.progress)
         return sliding_window(self.probabilities, x, self.tile_size, self.overlap,
                               batch_size=self.batch_size, progress=self.progress)
 
     def _valid_tile(self, tile_size: int) -> int:
         """The largest exact input size of a valid-convolution model that fits ``tile_size``."""
-        model = self.shape_model
         try:
-            out = model.output_shape(tile_size, tile_size)[0]
+            return geometry.largest_valid_input(self.shape_model, tile_size)
         except ValueError as e:
             raise ValueError(f"tile size {tile_size} is too small for {self.meta['model_name']}: "
                              f"{e}") from e
-        size = input_size_for(model, out)
-        while size > tile_size:  # an inexact size may give the same output from a larger input
-            out -= 1
-            size = input_size_for(model, out)
-        return size
 
     def predict_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """Probabilities ``(N, K, H, W)`` of a normalised batch, averaged over TTA views."""
@@ -270,11 +219,8 @@ class Predictor:
 
     def to_prediction(self, probs: torch.Tensor) -> Prediction:
         """``(K, H, W)`` probabilities -> :class:`Prediction` (argmax, or the threshold)."""
-        if self.binary:
-            mask = (probs[0] >= self.threshold).to(torch.uint8)
-        else:
-            mask = probs.argmax(0)
-            mask = mask.to(torch.uint8) if self.num_classes <= 256 else mask
+        mask = labels_from_probabilities(probs[None], self.threshold)[0]
+        mask = mask.to(torch.uint8) if self.num_classes <= 256 else mask
         return Prediction(mask=mask.numpy(), probs=probs.float().numpy())
 
     def prepare(self, image: np.ndarray) -> torch.Tensor:

@@ -148,7 +148,7 @@ def _check_geometry(cfg: RunConfig, model: nn.Module, in_channels: int) -> int:
 
 
 def _shrinks(model: nn.Module) -> bool:
-    from .tiling import shrinks
+    from ..models.geometry import shrinks
 
     return shrinks(model)
 

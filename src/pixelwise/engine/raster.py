@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from ..models import geometry
 from .predict import Predictor
 
 # ModelPixelScale, ModelTiepoint, ModelTransformation, GeoKeyDirectory, GeoDoubleParams,
@@ -204,14 +205,7 @@ def predict_raster(predictor: Predictor, src: str | os.PathLike, dst: str | os.P
 
 
 def _default_margin(predictor: Predictor) -> int:
-    margin = max(64, (predictor.tile_size or 0) // 2)
-    model = predictor.shape_model
-    if predictor.shrinks:
-        from .tiling import input_size_for
-
-        size = input_size_for(model, 1)
-        margin += (size - model.output_shape(size, size)[0]) // 2
-    return margin
+    return max(64, (predictor.tile_size or 0) // 2) + geometry.margin(predictor.shape_model)
 
 
 def _predict_block(predictor: Predictor, reader: TiffRegionReader, y0: int, y1: int, x0: int,

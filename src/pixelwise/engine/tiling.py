@@ -126,8 +126,8 @@ def sliding_window(predictor: TilePredictor, image: torch.Tensor,
         blend: ``"gaussian"`` (weights peak at tile centres, floored above zero) or
             ``"constant"`` (plain average).
         sigma_scale: Gaussian standard deviation as a fraction of the tile size.
-        stride_multiple: tile offsets are multiples of this; pass ``2**depth`` for a network
-            with ``depth`` poolings so that every tile sees the same pooling grid.
+        stride_multiple: tile offsets are multiples of this; pass the model's total stride
+            (``models.geometry.total_stride``) so that every tile sees the same pooling grid.
         batch_size: tiles per predictor call.
         progress: called as ``progress(done_tiles, total_tiles)`` after each batch.
         out_dtype: dtype of the returned tensor.
@@ -220,47 +220,3 @@ def _assemble(predictor, image, windows, tile, out_tile, out_hw, blend, sigma_sc
     assert acc is not None  # windows is never empty
     return acc.div_(norm).to(out_dtype)
 
-
-def shrinks(model: object) -> bool:
-    """Whether ``model`` returns a smaller map than its input (valid convolutions).
-
-    Models declare their output size with ``output_shape(h, w)``; models without it keep H x W.
-    """
-    output_shape = getattr(model, "output_shape", None)
-    if output_shape is None:
-        return False
-    size = input_size_for(model, 1)
-    return tuple(output_shape(size, size)) != (size, size)
-
-
-def input_size_for(model: object, min_output: int) -> int:
-    """Smallest input size whose output is at least ``min_output`` with a centred, even margin.
-
-    Uses ``model.valid_input_size`` when it answers, else searches with ``model.output_shape``;
-    for a model without ``output_shape`` this is ``min_output``. Among sizes with the same
-    output the one with the smallest margin is taken: for a U-Net those are the sizes at which
-    every pooling sees an even map (the paper's 572 -> 388).
-    """
-    output_shape = getattr(model, "output_shape", None)
-    if output_shape is None:
-        return min_output
-    valid_input_size = getattr(model, "valid_input_size", None)
-    if valid_input_size is not None:
-        try:
-            return int(valid_input_size(min_output))
-        except ValueError:
-            pass  # fall back to the search below
-    margins = {}
-    for n in range(max(min_output, 1), max(min_output, 1) + 4096):
-        try:
-            out = output_shape(n, n)[0]
-        except ValueError:
-            continue
-        if out >= min_output and (n - out) % 2 == 0:
-            margins[n] = n - out
-            if len(margins) >= 64:
-                break
-    if not margins:
-        raise ValueError(f"no input size gives an output of {min_output} pixels")
-    smallest = min(margins.values())
-    return min(n for n, m in margins.items() if m == smallest)

@@ -30,47 +30,14 @@ from ..io import atomic_write
 from ..metrics import SUMMARY_METRICS
 from . import distributed as ddp
 from . import runlog
+from .forward import labels_from_logits, whole_image_logits
 from .resume import best_checkpoint, kept_message, last_checkpoint, restore, save_checkpoints
 from .sampling import seed_everything
 from .schedule import max_epochs, set_schedule_end
 from .setup import resolve_data_paths
 from .state import RunState, build_run_state
-from .tiling import input_size_for, mirror_pad, shrinks
 
 log = logging.getLogger("pixelwise.train")
-
-
-# ---------------------------------------------------------------------------------------------
-# Forward pass that always returns logits at the mask's size
-
-def forward_full(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Logits at the images' size, also for valid-convolution U-Nets.
-
-    A model whose ``output_shape(h, w)`` is smaller than its input gets the images mirrored
-    outwards so that its output covers every input pixel (the paper's overlap-tile border).
-
-    Shape:
-        images ``(N, C, H, W)`` -> logits ``(N, K, H, W)``.
-    """
-    net = getattr(model, "module", model)
-    if not shrinks(net):
-        return model(images)
-    h, w = images.shape[-2:]
-    ih, iw = input_size_for(net, h), input_size_for(net, w)
-    oh, ow = net.output_shape(ih, iw)
-    top, left = (ih - h) // 2, (iw - w) // 2
-    logits = model(mirror_pad(images, top, ih - h - top, left, iw - w - left))
-    # Output pixel j sees input pixel j + (in - out) / 2 of the padded image.
-    y0 = min(max(top - (ih - oh) // 2, 0), oh - h)
-    x0 = min(max(left - (iw - ow) // 2, 0), ow - w)
-    return logits[..., y0:y0 + h, x0:x0 + w]
-
-
-def predict_labels(logits: torch.Tensor) -> torch.Tensor:
-    """Class indices from logits: argmax, or ``logit > 0`` for one-channel (binary) models."""
-    if logits.shape[1] == 1:
-        return (logits[:, 0] > 0).long()
-    return logits.argmax(1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,7 +102,7 @@ def train_one_epoch(t: RunState, epoch: int, bar: Any = None) -> dict[str, float
                 else contextlib.nullcontext())
         with sync:
             with t.autocast():
-                logits = forward_full(t.model, images)
+                logits = whole_image_logits(t.model, images)
                 loss = t.criterion(logits, masks)  # cast to float32 by the criterion
             value = loss.item()
             _check_finite(value, t, b)
@@ -176,12 +143,12 @@ def validate(t: RunState) -> dict[str, Any]:
     for images, masks in t.val_loader:
         images, masks = t.to_device(images, masks)
         with t.autocast():
-            logits = forward_full(net, images).float()
+            logits = whole_image_logits(net, images).float()
         loss = t.criterion(logits, masks)
         if torch.isfinite(loss):
             loss_sum += loss.item() * images.shape[0]
             count += images.shape[0]
-        cm.update(predict_labels(logits), masks)
+        cm.update(labels_from_logits(logits, t.cfg.train.val_threshold), masks)
     cm.all_reduce()
     loss_sum, count = ddp.all_reduce_sum([loss_sum, count], t.dist)
     metrics = cm.compute()

@@ -1,7 +1,9 @@
-"""Export checkpoints to ONNX (dynamic batch/height/width) and TorchScript, metadata included."""
-from .metadata import checkpoint_metadata
-from .onnx import export_onnx, make_ort_session, read_onnx_metadata
+"""Export checkpoints to ONNX (dynamic batch/height/width) and TorchScript, metadata included.
+
+Running an exported ONNX model is the inference backend's job (``engine.backend``)."""
+from .onnx import export_onnx, onnx_bytes, verify_onnx
+from .parity import TOLERANCE
 from .torchscript import export_torchscript, load_torchscript
 
-__all__ = ["checkpoint_metadata", "export_onnx", "make_ort_session", "read_onnx_metadata",
-           "export_torchscript", "load_torchscript"]
+__all__ = ["export_onnx", "onnx_bytes", "verify_onnx", "TOLERANCE", "export_torchscript",
+           "load_torchscript"]

@@ -1,8 +1,9 @@
-"""ONNX export with dynamic batch, height and width, and ONNX Runtime sessions.
+"""ONNX export with dynamic batch, height and width, verified on ONNX Runtime.
 
 The graph comes from the torch.export-based exporter (``torch.onnx.export(dynamo=True)``,
 which needs ``onnxscript``); the checkpoint's metadata (class names, normalisation, model name
-and arguments, palette) goes into the model's ``metadata_props``.
+and arguments, palette) goes into the model's ``metadata_props``. Running the result is the
+inference backend's job (:mod:`pixelwise.engine.backend`).
 """
 from __future__ import annotations
 
@@ -12,16 +13,15 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from ..checkpoint import Checkpoint, load_checkpoint
-from ..engine.optimize import count_batchnorms, fold_batchnorm
-from ..engine.tiling import input_size_for, shrinks
-from ..errors import CheckpointError, PixelwiseError
+from ..checkpoint import Checkpoint, load_checkpoint, metadata_to_strings
+from ..errors import PixelwiseError
 from ..io import atomic_write_bytes
-from .metadata import checkpoint_metadata, from_string_map, to_string_map
+from ..models.fold import count_batchnorms, fold_batchnorm
+from ..models.geometry import shrinks
+from .parity import check_parity, example_input
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
@@ -30,13 +30,6 @@ DEFAULT_OPSET = 18
 
 def _as_checkpoint(checkpoint: str | os.PathLike | Checkpoint) -> Checkpoint:
     return checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
-
-
-def example_input(ckpt: Checkpoint, size: int | None = None, batch: int = 1) -> torch.Tensor:
-    """A random input the model accepts: ``size`` pixels, or the smallest valid size >= 64."""
-    size = size if size is not None else input_size_for(ckpt.model, 64)
-    generator = torch.Generator().manual_seed(0)
-    return torch.randn(batch, ckpt.in_channels, size, size, generator=generator)
 
 
 def onnx_bytes(ckpt: Checkpoint, opset: int = DEFAULT_OPSET, example_size: int | None = None,
@@ -73,7 +66,7 @@ def onnx_bytes(ckpt: Checkpoint, opset: int = DEFAULT_OPSET, example_size: int |
                     (3, "width" if same else "out_width")):
         if out_dims[i].dim_param:
             out_dims[i].dim_param = name
-    for key, value in to_string_map(checkpoint_metadata(ckpt)).items():
+    for key, value in metadata_to_strings(ckpt.metadata()).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     proto.producer_name = "pixelwise"
@@ -84,7 +77,7 @@ def onnx_bytes(ckpt: Checkpoint, opset: int = DEFAULT_OPSET, example_size: int |
 
 def export_onnx(checkpoint: str | os.PathLike | Checkpoint, path: str | os.PathLike,
                 opset: int = DEFAULT_OPSET, example_size: int | None = None,
-                fold_bn: bool = True, check: bool = False) -> Path:
+                fold_bn: bool = True, check: bool = False, verify: bool = True) -> Path:
     """Export a checkpoint to ONNX with dynamic batch, height and width.
 
     Args:
@@ -96,53 +89,33 @@ def export_onnx(checkpoint: str | os.PathLike | Checkpoint, path: str | os.PathL
         fold_bn: fold BatchNorm into convolutions before export (same outputs, fewer nodes).
         check: run ``onnx.checker`` on the result (seconds for VGG-sized models; ONNX Runtime
             validates the graph again when it loads it).
+        verify: run the graph on ONNX Runtime and compare it with PyTorch
+            (:func:`verify_onnx`) before writing; nothing is written when they differ.
 
     Returns:
         ``path``. Input ``"image"`` ``(N, C, H, W)`` float32, normalised; output ``"logits"``
         ``(N, K, H', W')``. ``metadata_props`` carry ``pixelwise.class_names``,
         ``pixelwise.mean``, ``pixelwise.std``, ``pixelwise.model_name``,
         ``pixelwise.model_kwargs``, ``pixelwise.palette``, ... as JSON strings.
-    """
-    ckpt = _as_checkpoint(checkpoint)
-    return atomic_write_bytes(path, onnx_bytes(ckpt, opset, example_size, fold_bn, check))
-
-
-def make_ort_session(model: str | os.PathLike | bytes, threads: int | None = None):
-    """An ONNX Runtime CPU session with all graph optimisations.
-
-    Args:
-        model: ``.onnx`` path or serialized model bytes.
-        threads: intra-op threads (default: ONNX Runtime's choice, one per core).
-    """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads is not None:
-        options.intra_op_num_threads = threads
-    source = model if isinstance(model, bytes) else str(model)
-    try:
-        return ort.InferenceSession(source, sess_options=options,
-                                    providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime raises its own exception types
-        name = "model bytes" if isinstance(model, bytes) else str(model)
-        raise CheckpointError(f"{name}: ONNX Runtime cannot load it ({e})") from e
-
-
-def read_onnx_metadata(model: str | os.PathLike | Any) -> dict[str, Any]:
-    """The pixelwise metadata of an ``.onnx`` file or an ONNX Runtime session.
 
     Raises:
-        CheckpointError: the file lacks pixelwise metadata.
+        PixelwiseError: the export failed, or ONNX Runtime does not reproduce the model.
     """
-    if isinstance(model, (str, os.PathLike)):
-        import onnx
+    ckpt = _as_checkpoint(checkpoint)
+    model = onnx_bytes(ckpt, opset, example_size, fold_bn, check)
+    if verify:
+        verify_onnx(ckpt, model)
+    return atomic_write_bytes(path, model)
 
-        path = Path(model)
-        if not path.is_file():
-            raise CheckpointError(f"{path}: ONNX file not found")
-        proto = onnx.load(str(path), load_external_data=False)
-        props = {p.key: p.value for p in proto.metadata_props}
-        return from_string_map(props, str(path))
-    props = dict(model.get_modelmeta().custom_metadata_map)
-    return from_string_map(props, "ONNX session")
+
+def verify_onnx(ckpt: Checkpoint, model: str | os.PathLike | bytes) -> float:
+    """ONNX Runtime against PyTorch on two inputs (``export.parity``); returns the largest
+    absolute difference.
+
+    Raises:
+        PixelwiseError: another shape or a difference beyond ``export.parity.TOLERANCE``.
+    """
+    from ..engine.backend import OnnxRuntimeBackend
+
+    run = OnnxRuntimeBackend(model, threads=None)
+    return check_parity(f"ONNX export of {ckpt.model_name!r}", ckpt, run)

@@ -131,6 +131,11 @@ class AttentionUNet(nn.Module):
         self.decoder = nn.ModuleList([block(2 * widths[i], widths[i]) for i in levels])
         self.head = nn.Conv2d(widths[0], num_classes, 1)
 
+    @property
+    def total_stride(self) -> int:
+        """Downsampling of the deepest level: ``2**depth`` (see ``models.geometry``)."""
+        return 1 << self.depth
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _checks.check_min_size(x, 1 << self.depth, f"a U-Net of depth {self.depth}")
         skips = []

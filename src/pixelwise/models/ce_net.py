@@ -80,6 +80,8 @@ class CENet(nn.Module):
         input ``(N, in_channels, H, W)`` of any size; output ``(N, num_classes, H, W)``.
     """
 
+    total_stride = 32  # the ResNet34 encoder's layer4 (see models.geometry)
+
     def __init__(self, in_channels: int = 3, num_classes: int = 1):
         super().__init__()
         self.encoder = ResNet34Encoder(in_channels)

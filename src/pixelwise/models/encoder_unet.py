@@ -73,6 +73,11 @@ class EncoderUNet(nn.Module):
         self.head = nn.Conv2d(widths[-1], num_classes, 1)
         init_decoder(self.blocks, self.head)
 
+    @property
+    def total_stride(self) -> int:
+        """The encoder's deepest stride (see ``models.geometry``)."""
+        return self.min_size
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _checks.check_min_size(x, self.min_size, "this encoder's U-Net")
         height, width = x.shape[-2:]

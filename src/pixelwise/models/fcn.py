@@ -72,6 +72,8 @@ class FCN(nn.Module):
         input ``(N, 3, H, W)`` of any size; output ``(N, num_classes, H, W)``.
     """
 
+    total_stride = 32  # five 2x2 max-pools, whichever stride the logits fuse at (see models.geometry)
+
     def __init__(self, num_classes: int = 21, stride: int = 8, learnable_upsampling: bool = False,
                  dropout: float = 0.5):
         super().__init__()

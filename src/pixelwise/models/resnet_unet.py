@@ -79,6 +79,8 @@ class ResNetUNet(nn.Module):
         input ``(N, in_channels, H, W)`` of any size; output ``(N, num_classes, H, W)``.
     """
 
+    total_stride = 32  # the ResNet34 encoder's layer4 (see models.geometry)
+
     def __init__(self, in_channels: int = 3, num_classes: int = 2):
         super().__init__()
         self.encoder = ResNet34Encoder(in_channels)

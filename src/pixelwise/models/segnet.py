@@ -59,6 +59,8 @@ class SegNet(nn.Module):
         input ``(N, in_channels, H, W)`` with sides >= 32; output ``(N, num_classes, H, W)``.
     """
 
+    total_stride = 32  # five 2x2 poolings (see models.geometry)
+
     def __init__(self, in_channels: int = 3, num_classes: int = 1):
         super().__init__()
         self.encoder = VGG16Encoder(in_channels, batch_norm=True)

@@ -153,6 +153,11 @@ class UNet(nn.Module):
             x = up(x, skips.pop())
         return self.head(x)
 
+    @property
+    def total_stride(self) -> int:
+        """Downsampling of the deepest level: ``2**depth`` (see ``models.geometry``)."""
+        return 1 << self.depth
+
     def output_shape(self, height: int, width: int) -> tuple[int, int]:
         """Spatial size of the logits for an ``height x width`` input."""
         return self._out(height), self._out(width)

@@ -69,6 +69,11 @@ class NestedUNet(nn.Module):
         n_heads = depth if deep_supervision else 1
         self.heads = nn.ModuleList([nn.Conv2d(widths[0], num_classes, 1) for _ in range(n_heads)])
 
+    @property
+    def total_stride(self) -> int:
+        """Downsampling of the deepest level: ``2**depth`` (see ``models.geometry``)."""
+        return 1 << self.depth
+
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         outputs = self.head_outputs(x)
         if self.deep_supervision and self.training:
