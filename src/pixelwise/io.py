@@ -65,7 +65,8 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     when killed.
 
     Only pixelwise's own names (``.NAME.XXXXXXXX.tmp``, ``.STEM.XXXXXXXX.tmp.SUFFIX``)
-    directly in ``folder`` are touched. Call it when no write into ``folder`` is in progress: at the start or resumption of a run.
+    directly in ``folder`` are touched. Call it when no write into ``folder`` is in
+    progress: at the start or resumption of a run.
 
     Returns:
         The removed paths (none when ``folder`` does not exist).

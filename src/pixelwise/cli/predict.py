@@ -117,8 +117,8 @@ def _parse_shard(ctx, param, value: str | None) -> tuple[int, int] | None:
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show progress bars (stderr; rank 0 only under torchrun).")
 def command(inputs, files_from, shard, checkpoint, output, tile_size, overlap, tta, scales,
-            threshold, backend, probs, probs_format, batch_size, frames_per_batch, mask_video, device, optimize,
-            raster, block_size, skip_existing, fail_fast, progress) -> None:
+            threshold, backend, probs, probs_format, batch_size, frames_per_batch, mask_video,
+            device, optimize, raster, block_size, skip_existing, fail_fast, progress) -> None:
     """Predict class masks for images, videos, folders and glob patterns.
 
     Writes per image NAME_mask.png (palette PNG of class indices, class names in a text
@@ -146,10 +146,7 @@ def command(inputs, files_from, shard, checkpoint, output, tile_size, overlap, t
     from ..engine.predict import IMAGE_SUFFIXES, Predictor, collect_inputs
     from ..engine.video import VIDEO_SUFFIXES
 
-    if files_from is not None:
-        inputs = (*inputs, *(line.strip() for line in files_from if line.strip()))
-    if not inputs:
-        raise click.UsageError("give inputs (files, folders, globs) or --files-from")
+    inputs = _given_inputs(inputs, files_from)
     if shard is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise click.UsageError("--shard is for jobs without torchrun (torchrun shards itself)")
     group = join_group()
@@ -178,6 +175,15 @@ def command(inputs, files_from, shard, checkpoint, output, tile_size, overlap, t
         leave_group(group)
     summary = write_summary(predictor, results, out, summary_name) if group.rank == 0 else None
     _report(group.rank, results, summary, out / summary_name)
+
+
+def _given_inputs(inputs: tuple[str, ...], files_from) -> tuple[str, ...]:
+    """The command line's inputs, then --files-from's lines (blank ones skipped)."""
+    if files_from is not None:
+        inputs = (*inputs, *(line.strip() for line in files_from if line.strip()))
+    if not inputs:
+        raise click.UsageError("give inputs (files, folders, globs) or --files-from")
+    return inputs
 
 
 def choose_backend(checkpoint: str | os.PathLike, backend: str,

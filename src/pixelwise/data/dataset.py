@@ -73,13 +73,14 @@ class SegmentationDataset(Dataset):
         self.split = split
         self.transform = transform
         self._samples = self.spec.resolve(split)
-        self.class_names = list(self.spec.class_names)
+        labels = self.spec.labels
+        self.class_names = list(labels.names)
         self.num_classes = self.spec.num_classes
         self.ignore_index = self.spec.ignore_index
         self.in_channels = self.spec.channels
         self.mean = list(self.spec.mean)
         self.std = list(self.spec.std)
-        self.palette = [tuple(c) for c in self.spec.palette]
+        self.palette = list(labels.palette)
 
     @property
     def samples(self) -> list[tuple[Path, Path | tuple[Path, ...] | None]]:

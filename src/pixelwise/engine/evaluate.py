@@ -185,7 +185,7 @@ def _write_outputs(out: Path, result: dict[str, Any], ckpt: Checkpoint, dataset,
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "metrics.json", result)
-    palette = ckpt.palette or dataset.palette
+    palette = list(ckpt.labels.palette)
     figures = [
         ("Confusion matrix", report.plot_confusion_matrix(mat.numpy(), dataset.class_names,
                                                           out / "confusion_matrix.png")),

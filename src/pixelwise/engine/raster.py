@@ -139,6 +139,27 @@ def _colormap(palette: list[tuple[int, int, int]]) -> np.ndarray:
     return cmap
 
 
+def _mask_tiles(predictor: Predictor, reader: TiffRegionReader, src, block: int, margin: int,
+                tile: int, progress: Callable[[int, int], None] | None) -> Iterator[np.ndarray]:
+    """The mask's TIFF tiles in row-major order, predicting one row of blocks at a time (only
+    that strip of the mask is in memory)."""
+    height, width = reader.height, reader.width
+    rows, cols = -(-height // block), -(-width // block)
+    done = 0
+    for r in range(rows):
+        y0, y1 = r * block, min((r + 1) * block, height)
+        strip = np.zeros((y1 - y0, width), dtype=np.uint8)
+        for c in range(cols):
+            x0, x1 = c * block, min((c + 1) * block, width)
+            strip[:, x0:x1] = _predict_block(predictor, reader, y0, y1, x0, x1, margin, src)
+            done += 1
+            if progress is not None:
+                progress(done, rows * cols)
+        for ty in range(0, y1 - y0, tile):
+            for tx in range(0, width, tile):
+                yield strip[ty:ty + tile, tx:tx + tile]
+
+
 def predict_raster(predictor: Predictor, src: str | os.PathLike, dst: str | os.PathLike,
                    block_size: int = 1024, margin: int | None = None, tile: int = 256,
                    progress: Callable[[int, int], None] | None = None) -> Path:
@@ -171,27 +192,10 @@ def predict_raster(predictor: Predictor, src: str | os.PathLike, dst: str | os.P
     tmp = dst.with_name(f".{dst.name}.tmp")
     with TiffRegionReader(src) as reader:
         height, width = reader.height, reader.width
-        rows, cols = -(-height // block), -(-width // block)
-
-        def tiles() -> Iterator[np.ndarray]:
-            done = 0
-            for r in range(rows):
-                y0, y1 = r * block, min((r + 1) * block, height)
-                strip = np.zeros((y1 - y0, width), dtype=np.uint8)
-                for c in range(cols):
-                    x0, x1 = c * block, min((c + 1) * block, width)
-                    strip[:, x0:x1] = _predict_block(predictor, reader, y0, y1, x0, x1, margin,
-                                                     src)
-                    done += 1
-                    if progress is not None:
-                        progress(done, rows * cols)
-                for ty in range(0, y1 - y0, tile):
-                    for tx in range(0, width, tile):
-                        yield strip[ty:ty + tile, tx:tx + tile]
-
+        tiles = _mask_tiles(predictor, reader, src, block, margin, tile, progress)
         try:
             with tifffile.TiffWriter(tmp, bigtiff=height * width > 2**31) as writer:
-                writer.write(tiles(), shape=(height, width), dtype=np.uint8, tile=(tile, tile),
+                writer.write(tiles, shape=(height, width), dtype=np.uint8, tile=(tile, tile),
                              compression="zlib", photometric="palette",
                              colormap=_colormap(predictor.palette),
                              extratags=geotiff_extratags(reader.tags),
