@@ -57,7 +57,8 @@ def test_steps_left_subtracts_final_and_periodic_validations(clock):
     # n * (2 + 0.5) <= 75  ->  n = 30
     assert budget.steps_left() == 30
     assert budget.update_total(10) == 40
-    assert budget.update_total(10, cap=25) == 25
+    budget.max_steps = 25  # train.epochs' cap
+    assert budget.update_total(10) == 25
 
 
 def test_validation_is_guessed_from_pixels_until_measured(clock):

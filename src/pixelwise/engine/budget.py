@@ -40,18 +40,21 @@ class TimeBudget:
             final validation).
         val_pixels, train_pixels_per_step: pixels of one validation pass and of one training
             step, for guessing the validation's cost before it has been measured.
+        max_steps: the most steps the schedule may have (``train.epochs`` epochs when both
+            limits are given; None: the budget alone decides).
         window: how many recent step times the running estimate averages.
     """
 
     def __init__(self, seconds: float, steps_per_validation: int | None = None,
-                 val_pixels: int = 0,
-                 train_pixels_per_step: int = 1, window: int = 50):
+                 val_pixels: int = 0, train_pixels_per_step: int = 1,
+                 max_steps: int | None = None, window: int = 50):
         if seconds <= 0:
             raise ValueError(f"a time budget must be positive, got {seconds}")
         self.seconds = float(seconds)
         self.steps_per_validation = steps_per_validation
         self.val_pixels = val_pixels
         self.train_pixels_per_step = max(train_pixels_per_step, 1)
+        self.max_steps = max_steps
         self.validation_s: float | None = None  # measured cost of one validation
         self._step_times: deque[float] = deque(maxlen=window)
         self._first_step: float | None = None
@@ -113,8 +116,10 @@ class TimeBudget:
         per_step = step + (val / self.steps_per_validation if self.steps_per_validation else 0.0)
         return max(0, math.floor((self.remaining() - val) / per_step))
 
-    def update_total(self, steps_done: int, cap: int | None = None) -> int:
-        """Re-estimate the schedule's length after ``steps_done`` steps (at most ``cap``)."""
+    def update_total(self, steps_done: int) -> int:
+        """Re-estimate the schedule's length after ``steps_done`` steps (at most
+        ``max_steps``)."""
+        cap = self.max_steps
         if self.step_seconds is not None:
             total = steps_done + self.steps_left()
             self._total = max(steps_done, total if cap is None else min(total, cap))

@@ -115,7 +115,9 @@ def build_budget(cfg: RunConfig, train_ds, val_loader: DataLoader | None,
         share = val_loader.dataset  # this process's Subset of the validation set
         first = share.dataset.samples[share.indices[0]][0]
         val_pixels = math.prod(image_size(first)) * len(share)
+    epochs = max_epochs(cfg)
     return TimeBudget(60 * tc.max_minutes, val_pixels=val_pixels,
                       train_pixels_per_step=train_pixels,
+                      max_steps=epochs * steps_per_epoch if epochs else None,
                       steps_per_validation=(tc.val_every * steps_per_epoch
                                             if val_loader is not None else None))

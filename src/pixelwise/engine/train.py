@@ -26,7 +26,7 @@ import torch.nn as nn
 from ..checkpoint import read_checkpoint
 from ..config import RunConfig, dump_config
 from ..errors import PixelwiseError
-from ..io import atomic_write
+from ..io import atomic_write_bytes
 from ..metrics import SUMMARY_METRICS
 from . import distributed as ddp
 from . import runlog
@@ -56,8 +56,7 @@ def _optimizer_step(t: RunState) -> None:
         # Re-estimate the schedule's length before the scheduler reads it; every process
         # takes rank 0's estimate so that all of them use one learning rate.
         t.budget.mark_step()
-        epochs = max_epochs(t.cfg)
-        total = t.budget.update_total(t.progress.step, epochs and epochs * t.steps_per_epoch)
+        total = t.budget.update_total(t.progress.step)
         t.budget.set_total(ddp.broadcast_int(total, t.dist))
     t.scheduler.step()
 
@@ -306,6 +305,5 @@ def _track_best(t: RunState, entry: dict[str, Any]) -> bool:
 def _finish(t: RunState, run_dir: Path) -> None:
     best = best_checkpoint(run_dir)
     if not best.exists():  # no validation split: the final weights are the best we know
-        last = last_checkpoint(run_dir).read_bytes()
-        atomic_write(best, lambda f: f.write(last))
+        atomic_write_bytes(best, last_checkpoint(run_dir).read_bytes())
     runlog.write_curves(t.progress.history, run_dir)
