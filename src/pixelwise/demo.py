@@ -10,7 +10,7 @@ from typing import Any
 
 from .config import parse_config
 from .data.synthetic import write_synthetic_dataset
-from .io import atomic_write, atomic_write_json
+from .io import atomic_write_bytes, atomic_write_json
 from .metrics import SUMMARY_METRICS
 
 
@@ -49,7 +49,7 @@ def run_demo(output: str | Path, epochs: int = 15, n_train: int = 160, n_val: in
 
     best = run_dir / "checkpoints" / "best.pt"
     checkpoint = output / "checkpoint.pt"
-    atomic_write(checkpoint, lambda f: f.write(best.read_bytes()))
+    atomic_write_bytes(checkpoint, best.read_bytes())
     metrics = evaluate(checkpoint, str(spec_path), "val", output / "evaluation")
 
     held_out = sorted((output / "data" / "val" / "images").glob("*.png"))[:n_overlays]

@@ -98,6 +98,8 @@ class Predictor:
                                      compile=compile, threads=threads)
         self.backend = self._backend.name
         self.meta = self._backend.metadata
+        # Name and colour of each mask value, and whether the model is binary.
+        self.labels = LabelSet.from_metadata(self.meta)
         self.shape_model = self._backend.shape_model  # answers the geometry for tiling
         self.shrinks = geometry.shrinks(self.shape_model)
         self.min_input_size = self._check_tile_size()
@@ -121,11 +123,6 @@ class Predictor:
         return minimum
 
     # -- metadata -----------------------------------------------------------------------
-
-    @property
-    def labels(self) -> LabelSet:
-        """Name and colour of each mask value, and whether the model is binary."""
-        return LabelSet.from_metadata(self.meta)
 
     @property
     def binary(self) -> bool:
@@ -315,7 +312,7 @@ def _save_probs(path: Path, probs: np.ndarray, fmt: str) -> Path:
     scaled = np.clip(np.rint(probs * 65535.0), 0, 65535).astype(np.uint16)
     buffer = io.BytesIO()
     tifffile.imwrite(buffer, scaled, photometric="minisblack", compression="zlib")
-    return atomic_write(path, lambda f: f.write(buffer.getvalue()))
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def predict_image_file(predictor: Predictor, path: Path, out: Path, stem: str,
