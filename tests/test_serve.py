@@ -439,7 +439,7 @@ def test_full_server_answers_503():
             "first", post_file(c, png_bytes(striped_image())).status_code))
         first.start()
         deadline = time.monotonic() + 5
-        while app.state.runtime.in_flight < 1 and time.monotonic() < deadline:
+        while app.state.service.runtime.in_flight < 1 and time.monotonic() < deadline:
             time.sleep(0.01)
         r = post_file(c, png_bytes(striped_image()))
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
@@ -453,7 +453,7 @@ def test_concurrent_clients_share_one_batch_on_one_thread():
     gate = threading.Event()
     fake = FakePredictor(gate=gate)
     app = create_app(fake, max_batch=4, max_queue=8)
-    queue = app.state.runtime.queue
+    queue = app.state.service.runtime.queue
     with TestClient(app) as c:
         statuses: list[int] = []
 

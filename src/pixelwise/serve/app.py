@@ -310,7 +310,7 @@ def create_app(predictor: Any, *, max_upload_bytes: int = 20 * 1024 * 1024,
                       limits=limits, overlay_alpha=overlay_alpha, runtime=_Runtime(queue))
     app = FastAPI(title="pixelwise", summary="Semantic segmentation service", lifespan=_lifespan,
                   docs_url="/docs", redoc_url=None, exception_handlers=EXCEPTION_HANDLERS)
-    app.state.service, app.state.runtime, app.state.predictor = service, service.runtime, predictor
+    app.state.service = service
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/model", model, methods=["GET"])
     app.add_api_route("/predict", predict, methods=["POST"])
