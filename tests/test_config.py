@@ -81,6 +81,23 @@ def test_train_crop_from_either_key(data, augment, expected):
     assert load_config(raw=raw).train_crop == expected
 
 
+@pytest.mark.parametrize("crop_size, augment_crop, agrees", [
+    (96, [96, 96], True), ([64, 128], [64, 128], True), (96, 96, True),
+    (96, [96, 64], False), ([64, 128], 64, False),
+])
+def test_augment_crop_may_repeat_data_crop_size(crop_size, augment_crop, agrees):
+    from pixelwise.engine.setup import build_augment
+
+    cfg = load_config(raw={"model": {"name": "unet"},
+                           "data": {"spec": "unused", "crop_size": crop_size},
+                           "augment": {"crop": augment_crop}})
+    if agrees:
+        build_augment(cfg, ignore_index=255)
+    else:
+        with pytest.raises(ConfigError, match=r"^augment\.crop: .* contradicts data\.crop_size"):
+            build_augment(cfg, ignore_index=255)
+
+
 def test_warmup_steps_and_epochs_are_exclusive():
     with pytest.raises(ConfigError, match="optim.warmup_epochs: give warmup_steps or"):
         load_config(raw=BASE, overrides=["optim.warmup_steps=5", "optim.warmup_epochs=1"])

@@ -208,12 +208,19 @@ class RunConfig(_Section):
         crop = self.data.crop_size
         if crop is None:
             crop = (self.augment or {}).get("crop")
-        if crop is None:
-            return None
-        if isinstance(crop, int):
-            return crop, crop
-        height, width = crop
-        return int(height), int(width)
+        return None if crop is None else size_pair(crop)
+
+
+def size_pair(size: Any) -> tuple[int, int] | None:
+    """``(height, width)`` of a size written as ``N`` or ``[H, W]``; None for anything else."""
+    def whole(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if whole(size):
+        return size, size
+    if isinstance(size, (list, tuple)) and len(size) == 2 and all(whole(v) for v in size):
+        return int(size[0]), int(size[1])
+    return None
 
 
 _TYPE_TAGS = {"str", "int", "float", "bool", "none", "function-after", "function-before"}

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..config import RunConfig
+from ..config import RunConfig, size_pair
 from ..errors import ConfigError
 from ..models.registry import model_parameters
 
@@ -32,8 +32,9 @@ def build_augment(cfg: RunConfig, ignore_index: int):
     aug = dict(cfg.augment or {})
     crop = cfg.data.crop_size
     if crop is not None:
-        if aug.get("crop") is not None and aug["crop"] != crop and list(aug["crop"]) != list(crop):
-            raise ConfigError(f"augment.crop: {aug['crop']!r} contradicts data.crop_size "
+        given = aug.get("crop")
+        if given is not None and size_pair(given) != size_pair(crop):
+            raise ConfigError(f"augment.crop: {given!r} contradicts data.crop_size "
                               f"{crop!r}; give one of them")
         aug["crop"] = list(crop) if isinstance(crop, tuple) else crop
     return build_transforms(aug or None, train=True, ignore_index=ignore_index)
