@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from ..config import RunConfig
 from ..errors import ConfigError, PixelwiseError
+from ..models import geometry
 from ..models.probe import meta_forward, meta_model, min_input_size
 
 
@@ -134,7 +135,7 @@ def _check_geometry(cfg: RunConfig, model: nn.Module, in_channels: int) -> int:
     if cfg.train_crop is None:  # full images: their sizes are known only once the data is read
         return meta_forward(model, in_channels, max(minimum, 64), max(minimum, 64))[1]
     height, width = cfg.train_crop
-    if min(height, width) < minimum and not _shrinks(model):
+    if min(height, width) < minimum and not geometry.shrinks(model):
         raise ConfigError(f"{key}: {height}x{width} crops are too small for {cfg.model.name} "
                           f"with these model.kwargs: each side needs at least {minimum} pixels "
                           f"(raise the crop or lower model.kwargs.depth)")
@@ -145,12 +146,6 @@ def _check_geometry(cfg: RunConfig, model: nn.Module, in_channels: int) -> int:
     except (ValueError, RuntimeError) as e:
         raise ConfigError(f"data.batch_size: {cfg.data.batch_size} x {height}x{width} crops "
                           f"fail in {cfg.model.name}'s training pass: {_first_line(e)}") from None
-
-
-def _shrinks(model: nn.Module) -> bool:
-    from ..models.geometry import shrinks
-
-    return shrinks(model)
 
 
 def _first_line(error: BaseException) -> str:
