@@ -9,8 +9,9 @@ cores, so both sides always see the same machine:
   pixelwise's); for every other zoo model it is the pixelwise module itself run the plain
   way. NCHW tensors, the default allocator, ``torch.optim.Adam``, ``F.cross_entropy``.
 - ``pixelwise``: what ``pixelwise train`` does by default: ``tune_malloc`` (glibc keeps
-  activation buffers instead of unmapping them), channels_last, pixelwise's optimiser
-  builder, loss and full-size forward.
+  activation buffers instead of unmapping them), the trainer's model builder (channels_last,
+  1x1 and fc-like convolutions as matrix products), pixelwise's optimiser builder (fused
+  kernels without layout copies), loss and full-size forward.
 
 Prints one line per model and writes JSON (``--out``) with both medians and their ratio.
 
@@ -153,15 +154,15 @@ def pixelwise_step(name: str):
     from pixelwise.engine.allocator import tune_malloc
     from pixelwise.engine.forward import whole_image_logits
     from pixelwise.engine.schedule import build_optimizer
+    from pixelwise.engine.setup import build_run_model
     from pixelwise.losses import build_loss
 
     tune_malloc()
     torch.manual_seed(0)
     cfg = load_config(raw={"model": {"name": name}, "data": {"spec": "unused"},
                            "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.0}})
-    model = _pixelwise_model(name)
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    kwargs = {"num_classes": CLASSES, **PIXELWISE_KWARGS.get(name, {})}
+    model = build_run_model(cfg, kwargs, torch.device("cpu"))  # layout and convs as in train
     opt = build_optimizer(model, cfg)
     criterion = build_loss("ce")
     model.train()

@@ -107,11 +107,18 @@ def test_segnet_unpools_with_the_encoders_indices():
     assert deepest.shape[-2:] == (4, 4)
     torch.testing.assert_close(seen[0], want, rtol=0, atol=0)
     assert (seen[0] != 0).sum() <= pooled.numel()
-    # the scatter form is torch's max_unpool2d, odd sizes included
+    # the scatter form is torch's max_unpool2d, odd sizes included, in either layout
     x = torch.randn(2, 3, 9, 7)
     pooled, indices = F.max_pool2d(x, 2, 2, return_indices=True)
-    torch.testing.assert_close(max_unpool(pooled, indices, [9, 7]),
-                               F.max_unpool2d(pooled, indices, 2, 2, output_size=(9, 7)))
+    want = F.max_unpool2d(pooled, indices, 2, 2, output_size=(9, 7))
+    torch.testing.assert_close(max_unpool(pooled, indices, [9, 7]), want, rtol=0, atol=0)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    pooled, indices = F.max_pool2d(x, 2, 2, return_indices=True)
+    got = max_unpool(pooled, indices, [9, 7])
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert got.is_contiguous(memory_format=torch.channels_last)  # the layout carries on
+    got.sum().backward()  # each maximum gets its gradient, once
+    assert x.grad.sum() == pooled.numel() and set(x.grad.unique().tolist()) == {0.0, 1.0}
 
 
 def unet_pp(**kwargs):

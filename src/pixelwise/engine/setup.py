@@ -94,8 +94,10 @@ def resolve_model_kwargs(cfg: RunConfig, dataset) -> dict[str, Any]:
 
 
 def build_run_model(cfg: RunConfig, kwargs: dict[str, Any], device: torch.device) -> nn.Module:
-    """The registered model on ``device`` (channels-last when ``train.channels_last``)."""
+    """The registered model on ``device`` (channels-last when ``train.channels_last``; on
+    CPU then with 1x1 and fc-like convolutions as matrix products, see ``models.gemm``)."""
     from ..models import build_model
+    from ..models.gemm import use_gemm_convs
 
     try:
         model = build_model(cfg.model.name, **kwargs)
@@ -104,6 +106,8 @@ def build_run_model(cfg: RunConfig, kwargs: dict[str, Any], device: torch.device
     model.to(device)
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
+        if device.type == "cpu":
+            use_gemm_convs(model)
     return model
 
 

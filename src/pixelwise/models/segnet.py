@@ -41,11 +41,21 @@ def max_unpool(x: torch.Tensor, indices: torch.Tensor, size: list[int]) -> torch
     """Put each value of ``x`` back at its max-pool ``indices`` (flat positions in a map of
     ``size``); zeros elsewhere. The same as ``F.max_unpool2d(x, indices, 2, 2, output_size=size)``.
 
+    The scatter runs in ``x``'s memory layout, so a channels_last map (training) is neither
+    copied to NCHW nor handed on NCHW to the next convolution; in place, into fresh zeros
+    (out of place it would copy them first).
+
     Shape: ``x`` and ``indices`` ``(N, C, h, w)`` -> ``(N, C, *size)``.
     """
     n, c = x.shape[:2]
-    flat = x.new_zeros(n, c, size[0] * size[1])
-    return flat.scatter(2, indices.flatten(2), x.flatten(2)).view(n, c, size[0], size[1])
+    if x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
+        flat = x.new_zeros(n, c, size[0] * size[1])
+        return flat.scatter_(2, indices.flatten(2), x.flatten(2)).view(n, c, size[0], size[1])
+    # channels_last: the same scatter over (N, H*W, C), the map's order in memory
+    flat = x.new_zeros(n, size[0] * size[1], c)
+    rows = x.permute(0, 2, 3, 1).reshape(n, -1, c)
+    positions = indices.permute(0, 2, 3, 1).reshape(n, -1, c)
+    return flat.scatter_(1, positions, rows).view(n, size[0], size[1], c).permute(0, 3, 1, 2)
 
 
 class SegNet(nn.Module):

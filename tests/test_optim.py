@@ -1,0 +1,81 @@
+"""engine/optim.py: the same updates as torch.optim, bit for bit, without layout copies."""
+import pytest
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from pixelwise.engine.optim import SGD, AdamW, is_nhwc
+
+CL = torch.channels_last
+
+
+def _params(layout: torch.memory_format) -> list[torch.nn.Parameter]:
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(8, 5, 3, 3), (8, 5, 1, 1), (8,), (6, 4)]
+    return [torch.nn.Parameter(torch.randn(s, generator=gen).contiguous(
+        memory_format=layout if len(s) == 4 else torch.contiguous_format)) for s in shapes]
+
+
+def _run(opt_class, layout, steps=3, **kwargs):
+    params = _params(layout)
+    opt = opt_class(params, **kwargs)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen).contiguous(
+                memory_format=layout if p.dim() == 4 else torch.contiguous_format)
+        opt.step()
+    return params, opt
+
+
+CASES = [(AdamW, torch.optim.AdamW, {"lr": 1e-2, "weight_decay": 0.1, "fused": True}),
+         (AdamW, torch.optim.AdamW, {"lr": 1e-2, "amsgrad": True, "fused": True}),
+         (AdamW, torch.optim.AdamW, {"lr": 1e-2, "foreach": False}),
+         (SGD, torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-3, "fused": True}),
+         (SGD, torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "nesterov": True, "fused": True}),
+         (SGD, torch.optim.SGD, {"lr": 0.1, "fused": True}),
+         (SGD, torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "foreach": False})]
+
+
+@pytest.mark.parametrize("ours,theirs,kwargs", CASES)
+@pytest.mark.parametrize("layout", [CL, torch.contiguous_format])
+def test_same_update_as_torch(ours, theirs, kwargs, layout):
+    mine, opt = _run(ours, layout, **kwargs)
+    ref, ref_opt = _run(theirs, layout, **kwargs)
+    for p, q in zip(mine, ref):
+        assert torch.equal(p, q)
+        assert p.stride() == q.stride()  # parameters keep their layout
+    # the state is torch's: keyed by the parameters, shaped and laid out like them
+    assert set(opt.state) <= set(mine) and len(opt.state) == len(ref_opt.state)
+    for p, q in zip(mine, ref):
+        for key, value in ref_opt.state[q].items():
+            assert torch.equal(opt.state[p][key], value), key
+            assert opt.state[p][key].shape == value.shape
+
+
+def test_state_dict_interchangeable_with_torch():
+    mine, opt = _run(SGD, CL, lr=0.1, momentum=0.9, fused=True)
+    ref, ref_opt = _run(torch.optim.SGD, CL, lr=0.1, momentum=0.9, fused=True)
+    resumed = SGD(_params(CL), lr=0.1, momentum=0.9, fused=True)
+    resumed.load_state_dict(ref_opt.state_dict())
+    for key in ("state", "param_groups"):
+        assert str(resumed.state_dict()[key]) == str(opt.state_dict()[key])
+
+
+@pytest.mark.parametrize("ours,theirs,kwargs", [CASES[0], CASES[3]])
+def test_no_layout_copy_in_the_step(ours, theirs, kwargs):
+    """torch's fused kernels copy channels_last tensors to NCHW and back; ours do not."""
+    def copies(opt_class):
+        params, opt = _run(opt_class, CL, steps=1, **kwargs)  # state exists from here on
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            opt.step()
+        # tensor copies only (the step counters are scalars)
+        return sum(1 for e in prof.events() if e.name == "aten::copy_" and e.input_shapes[0])
+    assert copies(theirs) > 0
+    assert copies(ours) == 0
+
+
+def test_is_nhwc():
+    assert is_nhwc(torch.zeros(2, 3, 4, 5).contiguous(memory_format=CL))
+    assert not is_nhwc(torch.zeros(2, 3, 4, 5))
+    assert not is_nhwc(torch.zeros(2, 3, 1, 1).contiguous(memory_format=CL))  # both layouts
+    assert not is_nhwc(torch.zeros(3, 4))
