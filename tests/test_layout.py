@@ -68,3 +68,12 @@ def test_decoder_gradients_equal_with_and_without(monkeypatch):
         runs.append([p.grad.clone() for p in model.parameters()])
     for with_, without in zip(*runs):
         torch.testing.assert_close(with_, without, rtol=0, atol=0)
+
+
+def test_is_channels_last():
+    from pixelwise.models.layout import is_channels_last
+
+    assert is_channels_last(torch.zeros(2, 3, 4, 5).contiguous(memory_format=CL))
+    assert not is_channels_last(torch.zeros(2, 3, 4, 5))
+    assert not is_channels_last(torch.zeros(2, 3, 1, 1).contiguous(memory_format=CL))  # both
+    assert not is_channels_last(torch.zeros(3, 4))

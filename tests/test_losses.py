@@ -196,6 +196,27 @@ def test_ignored_pixels_contribute_nothing(name, kw, channels):
     assert torch.count_nonzero(g1[keep]) > 0  # the loss does depend on the other pixels
 
 
+@pytest.mark.parametrize("name,kw,channels", CONFIGS, ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(CONFIGS)])
+def test_channels_last_logits_same_loss_and_gradient(name, kw, channels):
+    """Training hands the losses channels_last logits: same value, same gradient."""
+    g = torch.Generator().manual_seed(2)
+    target = torch.randint(0, max(channels, 2), (2, 8, 9), generator=g)
+    target[0, :2] = 255
+    base = torch.randn(2, channels, 8, 9, generator=g)
+    loss_fn = build_loss(name, **kw)
+    results = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        x = base.clone().contiguous(memory_format=layout).requires_grad_(True)
+        value = loss_fn(x, target)
+        value.backward()
+        results.append((value.detach(), x.grad))
+    (v1, g1), (v2, g2) = results
+    assert v2.item() == pytest.approx(v1.item(), rel=1e-6, abs=1e-7)
+    torch.testing.assert_close(g2, g1, rtol=1e-5, atol=1e-7)
+    if name == "ce":  # the gradient arrives in the logits' own layout, no copy to NCHW
+        assert g2.is_contiguous(memory_format=torch.channels_last)
+
+
 @pytest.mark.parametrize("name,kw,channels", CONFIGS)
 def test_all_ignored_gives_zero_not_nan(name, kw, channels):
     logits = torch.randn(1, channels, 4, 4, requires_grad=True)

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from pixelwise.engine.optim import SGD, AdamW, is_nhwc
+from pixelwise.engine.optim import SGD, AdamW
 
 CL = torch.channels_last
 
@@ -72,10 +72,3 @@ def test_no_layout_copy_in_the_step(ours, theirs, kwargs):
         return sum(1 for e in prof.events() if e.name == "aten::copy_" and e.input_shapes[0])
     assert copies(theirs) > 0
     assert copies(ours) == 0
-
-
-def test_is_nhwc():
-    assert is_nhwc(torch.zeros(2, 3, 4, 5).contiguous(memory_format=CL))
-    assert not is_nhwc(torch.zeros(2, 3, 4, 5))
-    assert not is_nhwc(torch.zeros(2, 3, 1, 1).contiguous(memory_format=CL))  # both layouts
-    assert not is_nhwc(torch.zeros(3, 4))

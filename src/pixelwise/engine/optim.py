@@ -14,11 +14,7 @@ from __future__ import annotations
 import torch
 from torch.optim.sgd import sgd
 
-
-def is_nhwc(t: torch.Tensor) -> bool:
-    """A 4-D tensor stored channels_last (and so not NCHW-contiguous)."""
-    return (t.dim() == 4 and not t.is_contiguous()
-            and t.is_contiguous(memory_format=torch.channels_last))
+from ..models.layout import is_channels_last
 
 
 def dense_views(tensors: list[torch.Tensor | None], nhwc: list[bool]) -> list:
@@ -40,7 +36,7 @@ class AdamW(torch.optim.AdamW):
                                           max_exp_avg_sqs, state_steps)
         # The state was looked up by the parameters themselves above; from here on the
         # lists only feed the update.
-        nhwc = [is_nhwc(p) for p in params]
+        nhwc = [is_channels_last(p) for p in params]
         per_param = [params, grads, exp_avgs, exp_avg_sqs]
         per_param += [max_exp_avg_sqs] if group["amsgrad"] else []
         for tensors in per_param:
@@ -64,7 +60,7 @@ class SGD(torch.optim.SGD):
         for group in self.param_groups:
             params, grads, buffers = [], [], []
             has_sparse_grad = self._init_group(group, params, grads, buffers)
-            nhwc = [is_nhwc(p) for p in params]
+            nhwc = [is_channels_last(p) for p in params]
             buffers = dense_views(buffers, nhwc) if buffers else buffers
             sgd(dense_views(params, nhwc), dense_views(grads, nhwc), buffers,
                 weight_decay=group["weight_decay"], momentum=group["momentum"], lr=group["lr"],

@@ -13,13 +13,19 @@ import torch
 import torch.fx
 
 
+def is_channels_last(t: torch.Tensor) -> bool:
+    """A 4-D tensor stored channels_last, and so not NCHW-contiguous (a tensor with C or
+    H * W of 1 is both, and counts as NCHW)."""
+    return (t.dim() == 4 and not t.is_contiguous()
+            and t.is_contiguous(memory_format=torch.channels_last))
+
+
 class _DenseGrad(torch.autograd.Function):
     """Identity forward; the backward makes the gradient dense in the input's layout."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        ctx.channels_last = (x.dim() == 4 and not x.is_contiguous()
-                             and x.is_contiguous(memory_format=torch.channels_last))
+        ctx.channels_last = is_channels_last(x)
         return x.view_as(x)
 
     @staticmethod

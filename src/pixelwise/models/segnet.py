@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from .backbones.vgg import VGG16Encoder, vgg16_state_dict_for_encoder
 from . import _checks
+from .layout import is_channels_last
 from .registry import register_model
 from .weights import load_pretrained
 
@@ -48,7 +49,7 @@ def max_unpool(x: torch.Tensor, indices: torch.Tensor, size: list[int]) -> torch
     Shape: ``x`` and ``indices`` ``(N, C, h, w)`` -> ``(N, C, *size)``.
     """
     n, c = x.shape[:2]
-    if x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
+    if not is_channels_last(x):
         flat = x.new_zeros(n, c, size[0] * size[1])
         return flat.scatter_(2, indices.flatten(2), x.flatten(2)).view(n, c, size[0], size[1])
     # channels_last: the same scatter over (N, H*W, C), the map's order in memory
