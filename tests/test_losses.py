@@ -213,8 +213,6 @@ def test_channels_last_logits_same_loss_and_gradient(name, kw, channels):
     (v1, g1), (v2, g2) = results
     assert v2.item() == pytest.approx(v1.item(), rel=1e-6, abs=1e-7)
     torch.testing.assert_close(g2, g1, rtol=1e-5, atol=1e-7)
-    if name == "ce":  # the gradient arrives in the logits' own layout, no copy to NCHW
-        assert g2.is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.parametrize("name,kw,channels", CONFIGS)
