@@ -6,6 +6,7 @@ import torch.nn as nn
 from pixelwise.engine.optimize import optimize_for_inference
 from pixelwise.models import build_model, list_models
 from pixelwise.models.fold import count_batchnorms, fold_batchnorm, fold_conv_bn
+from pixelwise.models.gemm import GemmConv2d
 from common import TINY
 
 
@@ -124,6 +125,7 @@ def test_channels_last_keeps_outputs_and_methods():
     fast = optimize_for_inference(model, fold_bn=True, channels_last=True)
     assert fast.output_shape(92, 92) == (52, 52)  # still a UNet
     assert fast.head.weight.is_contiguous(memory_format=torch.channels_last)
+    assert isinstance(fast.head, GemmConv2d)  # the 1x1 head as a matrix product, on CPU
     x = torch.randn(2, 1, 92, 92)
     with torch.inference_mode():
         torch.testing.assert_close(fast(x), model(x), atol=1e-5, rtol=1e-4)
