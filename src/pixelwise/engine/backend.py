@@ -15,6 +15,7 @@ refused with a one-line reason (:func:`backend_problem`) rather than silently ov
 """
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Any, Union
@@ -52,8 +53,9 @@ class TorchBackend:
         if optimize or compile:
             from .optimize import optimize_for_inference
 
-            model = optimize_for_inference(model, fold_bn=True, channels_last=True,
-                                           compile=compile)
+            # on the device first: the optimisations depend on it (CPU-only GEMMs)
+            model = optimize_for_inference(copy.deepcopy(model).to(device), fold_bn=True,
+                                           channels_last=True, compile=compile, inplace=True)
         self.model = model.to(device)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
