@@ -88,3 +88,8 @@ def test_tracing_and_export_see_the_plain_convolution():
     conv = GemmConv2d(4, 3, 1)
     graph = str(torch.jit.trace(conv, torch.randn(1, 4, 5, 5)).graph)
     assert "aten::_convolution" in graph and "aten::addmm" not in graph
+
+
+def test_models_off_the_cpu_are_left_alone():
+    model = nn.Sequential(nn.Conv2d(4, 3, 1)).to("meta")
+    assert use_gemm_convs(model) == 0 and type(model[0]) is nn.Conv2d

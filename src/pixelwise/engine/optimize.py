@@ -47,8 +47,7 @@ def optimize_for_inference(model: nn.Module, fold_bn: bool = True, channels_last
         model = fold_batchnorm(model, inplace=True)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-        # inductor chooses its own convolution kernels; eager takes the faster GEMMs
-        if not compile and all(p.device.type == "cpu" for p in model.parameters()):
+        if not compile:  # inductor chooses its own convolution kernels
             use_gemm_convs(model)
     if compile:
         model = torch.compile(model, backend="inductor", options={"freezing": freezing})

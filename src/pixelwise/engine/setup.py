@@ -106,8 +106,7 @@ def build_run_model(cfg: RunConfig, kwargs: dict[str, Any], device: torch.device
     model.to(device)
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
-        if device.type == "cpu":
-            use_gemm_convs(model)
+        use_gemm_convs(model)  # CPU only
     return model
 
 

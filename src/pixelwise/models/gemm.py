@@ -77,9 +77,12 @@ def gemm_eligible(conv: nn.Module) -> bool:
 def use_gemm_convs(model: nn.Module) -> int:
     """Replace every :func:`gemm_eligible` convolution of ``model`` in place; returns how many.
 
-    Meant for a channels_last model on CPU (``pixelwise train`` does it there); parameters,
+    Meant for a channels_last model (``pixelwise train`` and ``optimize_for_inference`` call
+    it); a model with parameters off the CPU is left alone (cuDNN is fast there). Parameters,
     buffers and state-dict keys are unchanged.
     """
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        return 0
     swaps = [(parent, name, child) for parent in model.modules()
              for name, child in parent.named_children() if gemm_eligible(child)]
     for parent, name, child in swaps:
