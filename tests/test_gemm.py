@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from pixelwise.models import build_model
 from pixelwise.models.gemm import GemmConv2d, gemm_conv2d, gemm_eligible, use_gemm_convs
+from pixelwise.models.winograd import WinogradConv2d
 
 CL = torch.channels_last
 
@@ -53,10 +54,11 @@ def test_fcn_swaps_keep_parameters_and_outputs():
     x = torch.randn(1, 3, 64, 64).contiguous(memory_format=CL)
     with torch.no_grad():
         ref = model(x)
-        assert use_gemm_convs(model) == 3
+        assert use_gemm_convs(model) == 13  # and VGG's 10 convolutions with >= 128 channels
         out = model(x)
     swapped = sorted(n for n, m in model.named_modules() if isinstance(m, GemmConv2d))
     assert swapped == ["backbone.fc6", "backbone.fc7", "score_fr"]
+    assert sum(isinstance(m, WinogradConv2d) for m in model.modules()) == 10
     assert all(p is q for p, q in zip(model.parameters(), params, strict=True))
     state = model.state_dict()
     assert state.keys() == before.keys() and all(torch.equal(state[k], before[k]) for k in state)
@@ -79,7 +81,9 @@ def test_gradients_match():
         target = torch.randint(0, 2, (2, 64, 64), generator=torch.Generator().manual_seed(0))
         F.cross_entropy(model(x), target).backward()
         grads.append([p.grad for p in model.parameters()])
-    assert n == 34  # 16 bottlenecks x 2 stride-1 1x1s, layer1's projection, the head
+    # 16 bottlenecks x 2 stride-1 1x1s, layer1's projection, the head; and 14 3x3s by
+    # Winograd (their maps, 8 x 8 and less here, fall back to the direct convolution)
+    assert n == 48
     for ref, got in zip(*grads):
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
 
