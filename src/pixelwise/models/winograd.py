@@ -5,10 +5,12 @@ ResNet bottlenecks, U-Net's lower levels) are matrix-bound: oneDNN runs them at 
 rate on one core. Winograd's F(4x4, 3x3) computes each 4 x 4 output tile from a 6 x 6 input
 tile with 36 multiplications per channel pair instead of 144, as 36 independent matrix
 products, so the same convolution costs 4x fewer FLOPs plus three cheap linear transforms
-(cuDNN's choice for these layers on GPUs). Measured on one core, batch 4, channels_last,
-forward: 256 -> 256 channels at 64 x 64 1.67x as fast as oneDNN, 512 -> 512 at 32 x 32
-1.82x, 128 -> 128 at 128 x 128 1.10x, 64 -> 64 at 256 x 256 0.74x (the transforms are
-memory-bound, so few channels lose), hence :data:`MIN_CHANNELS`.
+(one of cuDNN's algorithms for such layers). Measured on one core, batch 4, channels_last, tuned
+allocator (a one-off script timing each layer both ways in one process),
+forward + backward against oneDNN's: 256 -> 256 channels at 64 x 64 2.2x as fast, 512 -> 512
+at 32 x 32 2.4x, 128 -> 128 at 128 x 128 1.3x, but 128 -> 64 at 128 x 128 0.97x and 64 -> 64
+at 256 x 256 0.87x (the transforms are memory-bound, so few channels lose), hence
+:data:`MIN_CHANNELS`.
 
 Numerics: the transforms scale values by up to 8, so fp32 results differ from the direct
 convolution by about 1e-5 of the output's range (direct against fp64: about 2e-6); the
@@ -28,7 +30,7 @@ import torch.nn.functional as F
 MIN_CHANNELS = 128
 # Below this many 4 x 4 output tiles in a batch the 36 products are too thin for the matmul
 # kernel: forward + backward, 512 -> 512 channels, batch 4, one core: 16 x 16 maps (64 tiles)
-# 1.24x as fast as oneDNN, 8 x 8 maps (16 tiles) 0.53x.
+# 1.58x as fast as oneDNN, 8 x 8 maps (16 tiles) 0.98x.
 MIN_TILES = 64
 
 _BT = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
@@ -116,8 +118,10 @@ class _Winograd3x3(torch.autograd.Function):
             tiles = (kb.t() @ dv.view(36, -1)).view(6, 6, n, th, tw, c)
             dx = _fold(tiles, h, w).permute(0, 3, 1, 2).contiguous(memory_format=ctx.formats[0])
         if ctx.needs_input_grad[1]:
-            du = torch.bmm(v.transpose(1, 2), dm)
-            dw = (kg.t() @ du.view(36, -1)).view(3, 3, c, o).permute(3, 2, 0, 1)
+            du = torch.bmm(dm.transpose(1, 2), v)  # (36, O, C)
+            # one (9, 36) x (36, C) product per output channel writes the channels_last
+            # weight's (O, 3, 3, C) order directly: 9x faster than transposing afterwards
+            dw = torch.matmul(kg.t(), du.permute(1, 0, 2)).view(o, 3, 3, c).permute(0, 3, 1, 2)
             dw = dw.contiguous(memory_format=ctx.formats[1])
         return dx, dw
 
