@@ -10,8 +10,9 @@ cores, so both sides always see the same machine:
   way. NCHW tensors, the default allocator, ``torch.optim.Adam``, ``F.cross_entropy``.
 - ``pixelwise``: what ``pixelwise train`` does by default: ``tune_malloc`` (glibc keeps
   activation buffers instead of unmapping them), the trainer's model builder (channels_last,
-  1x1 and fc-like convolutions as matrix products), pixelwise's optimiser builder (fused
-  kernels without layout copies), loss and full-size forward.
+  1x1 and fc-like convolutions as matrix products, deep 3x3 ones by Winograd's F(4x4, 3x3)),
+  pixelwise's optimiser builder (fused kernels without layout copies), loss and full-size
+  forward.
 
 Prints one line per model and writes JSON (``--out``) with both medians and their ratio.
 

@@ -95,6 +95,22 @@ def test_module_uses_winograd_only_for_enough_tiles():
     assert "aten::_convolution" in graph and "aten::bmm" not in graph
 
 
+def test_autocast_and_other_dtypes_run_the_plain_convolution():
+    conv = WinogradConv2d(4, 4, 3, padding=1, bias=False)
+    x = torch.randn(4, 4, 16, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert type(conv(x).grad_fn).__name__ != "_Winograd3x3Backward"
+    assert type(conv.to(torch.bfloat16)(x.bfloat16()).grad_fn).__name__ != "_Winograd3x3Backward"
+
+
+def test_double_backward_raises():
+    x = torch.randn(1, 2, 8, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    (dx,) = torch.autograd.grad(winograd_conv3x3(x, w).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        dx.sum().backward()
+
+
 def test_segnet_swaps_keep_parameters_and_training_gradients():
     """SegNet's 20 convolutions with >= 128 channels on both sides run by Winograd; a training
     step (BatchNorm on batch statistics) gives the same loss and gradients.

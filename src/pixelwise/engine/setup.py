@@ -95,7 +95,8 @@ def resolve_model_kwargs(cfg: RunConfig, dataset) -> dict[str, Any]:
 
 def build_run_model(cfg: RunConfig, kwargs: dict[str, Any], device: torch.device) -> nn.Module:
     """The registered model on ``device`` (channels-last when ``train.channels_last``; on
-    CPU then with 1x1 and fc-like convolutions as matrix products, see ``models.gemm``)."""
+    CPU then with 1x1 and fc-like convolutions as matrix products and deep 3x3 ones by
+    Winograd's algorithm, see ``models.gemm``)."""
     from ..models import build_model
     from ..models.gemm import use_gemm_convs
 

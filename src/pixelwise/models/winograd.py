@@ -25,6 +25,7 @@ import functools
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 # Both channel counts must reach this for a layer to use Winograd (see the module text).
 MIN_CHANNELS = 128
@@ -105,6 +106,7 @@ class _Winograd3x3(torch.autograd.Function):
         return _untile(y, n, h, w).permute(0, 3, 1, 2)
 
     @staticmethod
+    @once_differentiable  # no double backward: a second derivative raises instead of lying
     def backward(ctx, grad: torch.Tensor):
         v, u = ctx.saved_tensors
         n, h, w = ctx.shape
@@ -148,13 +150,15 @@ def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor,
 class WinogradConv2d(nn.Conv2d):
     """A 3x3, stride-1, padding-1 ``nn.Conv2d`` that runs as :func:`winograd_conv3x3` on CPU.
 
-    Other devices, batches of under :data:`MIN_TILES` output tiles, scripting, tracing and
-    ONNX export run the plain convolution.
+    Other devices and dtypes, autocast, batches of under :data:`MIN_TILES` output tiles,
+    scripting, tracing and ONNX export run the plain convolution.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-                or x.dim() != 4 or x.device.type != "cpu" or _tiles(x) < MIN_TILES):
+                or x.dim() != 4 or x.device.type != "cpu" or _tiles(x) < MIN_TILES
+                or x.dtype not in (torch.float32, torch.float64)
+                or torch.is_autocast_enabled("cpu")):  # bf16 transforms would lose the digits
             return super().forward(x)
         return winograd_conv3x3(x, self.weight, self.bias)
 
