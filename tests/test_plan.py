@@ -64,6 +64,7 @@ def test_scene_plan_resnet_concat_sqrt_weights_balanced_crops_hflip_only():
     assert raw["loss"] == {"name": "ce", "kwargs": {"class_weights":
                                                     [0.5, 1.0, 3.0, 2.0] + [1.0] * 7}}
     assert raw["augment"] == {"hflip": 0.5, "balanced_crop": 0.5}
+    assert raw["optim"]["lr"] == 1.0e-3
     assert raw["train"]["max_minutes"] == 15.0
     assert raw["data"]["spec"] == {"preset": "camvid", "root": "/data", "mean": [0.4] * 3,
                                    "std": [0.3] * 3}
@@ -77,6 +78,7 @@ def test_binary_plan_unet_dice_ce_all_flips_and_crop_from_size():
                                                        "padding": "same", "batch_norm": True}}
     assert raw["loss"] == {"name": "dice_ce", "kwargs": {"mode": "multiclass"}}
     assert raw["augment"] == {"hflip": 0.5, "vflip": 0.5, "rotate90": True}
+    assert raw["optim"]["lr"] == 2.0e-3  # the BatchNorm U-Net's
     assert raw["data"]["crop_size"] == 256
     # an hour buys the wider U-Net
     assert plan(vessels, {}, minutes=60)["model"]["kwargs"]["base_channels"] == 32
