@@ -130,7 +130,8 @@ class TrainConfig(_Section):
     amp: bool = True  # mixed precision, on CUDA only
     amp_dtype: Literal["float16", "bfloat16"] = "float16"
     # NHWC activations: the faster convolution kernels on CPU (oneDNN) and on tensor cores;
-    # on CPU also 1x1 and fc-like convolutions as matrix products (models.gemm).
+    # on CPU also 1x1 and fc-like convolutions as matrix products and deep 3x3 ones by
+    # Winograd's F(4x4, 3x3) (models.gemm, models.winograd).
     channels_last: bool = True
     # glibc malloc keeps freed activation buffers instead of unmapping them after each use
     # (millions of page faults per epoch otherwise); Linux/glibc only, a no-op elsewhere.

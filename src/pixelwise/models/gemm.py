@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from . import _checks
 from .winograd import WinogradConv2d, winograd_eligible
 
 # k x k convolutions (k > 1, no padding) with at least this many outputs go through a GEMM.
@@ -54,8 +55,7 @@ class GemmConv2d(nn.Conv2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-                or x.dim() != 4):
+        if _checks.capturing_graph() or x.dim() != 4:
             return super().forward(x)
         return gemm_conv2d(x, self.weight, self.bias)
 

@@ -27,6 +27,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from . import _checks
+from .layout import is_channels_last
+
 # Both channel counts must reach this for a layer to use Winograd (see the module text).
 MIN_CHANNELS = 128
 # Below this many 4 x 4 output tiles in a batch the 36 products are too thin for the matmul
@@ -47,6 +50,11 @@ def _transforms(dtype: torch.dtype, device: torch.device):
     input (36, 36), filter (36, 9), output (16, 36)."""
     bt, g, at = (torch.tensor(m, dtype=torch.float64) for m in (_BT, _G, _AT))
     return tuple(torch.kron(m, m).to(dtype=dtype, device=device) for m in (bt, g, at))
+
+
+def _grid(h: int, w: int) -> tuple[int, int]:
+    """Rows and columns of 4 x 4 output tiles covering an h x w map."""
+    return -(-h // 4), -(-w // 4)
 
 
 def _input_tiles(xh: torch.Tensor, th: int, tw: int) -> torch.Tensor:
@@ -95,23 +103,24 @@ class _Winograd3x3(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
         o = weight.shape[0]
-        th, tw = -(-h // 4), -(-w // 4)
+        th, tw = _grid(h, w)
         kb, kg, ka = _transforms(x.dtype, x.device)
         v = (kb @ _input_tiles(x.permute(0, 2, 3, 1), th, tw)).view(36, -1, c)
         u = (kg @ weight.permute(2, 3, 1, 0).reshape(9, c * o)).view(36, c, o)
         m = torch.bmm(v, u)
         y = (ka @ m.view(36, -1)).view(4, 4, n, th, tw, o)
         ctx.save_for_backward(v, u)
-        ctx.shape, ctx.formats = (n, h, w), (_memory_format(x), _memory_format(weight))
+        ctx.shape = n, h, w, th, tw
+        ctx.formats = tuple(torch.channels_last if is_channels_last(t) else torch.contiguous_format
+                            for t in (x, weight))
         return _untile(y, n, h, w).permute(0, 3, 1, 2)
 
     @staticmethod
     @once_differentiable  # no double backward: a second derivative raises instead of lying
     def backward(ctx, grad: torch.Tensor):
         v, u = ctx.saved_tensors
-        n, h, w = ctx.shape
+        n, h, w, th, tw = ctx.shape
         c, o = u.shape[1:]
-        th, tw = -(-h // 4), -(-w // 4)
         kb, kg, ka = _transforms(grad.dtype, grad.device)
         dm = (ka.t() @ _output_tiles(grad.permute(0, 2, 3, 1), th, tw)).view(36, -1, o)
         dx = dw = None
@@ -128,13 +137,9 @@ class _Winograd3x3(torch.autograd.Function):
         return dx, dw
 
 
-def _memory_format(t: torch.Tensor) -> torch.memory_format:
-    return (torch.channels_last if t.is_contiguous(memory_format=torch.channels_last)
-            and not t.is_contiguous() else torch.contiguous_format)
-
-
 def _tiles(x: torch.Tensor) -> int:
-    return x.shape[0] * -(-x.shape[2] // 4) * -(-x.shape[3] // 4)
+    th, tw = _grid(*x.shape[-2:])
+    return x.shape[0] * th * tw
 
 
 def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor,
@@ -155,8 +160,8 @@ class WinogradConv2d(nn.Conv2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-                or x.dim() != 4 or x.device.type != "cpu" or _tiles(x) < MIN_TILES
+        if (_checks.capturing_graph() or x.dim() != 4 or x.device.type != "cpu"
+                or _tiles(x) < MIN_TILES
                 or x.dtype not in (torch.float32, torch.float64)
                 or torch.is_autocast_enabled("cpu")):  # bf16 transforms would lose the digits
             return super().forward(x)
