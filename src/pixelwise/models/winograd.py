@@ -131,7 +131,8 @@ class _Winograd3x3(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             du = torch.bmm(dm.transpose(1, 2), v)  # (36, O, C)
             # one (9, 36) x (36, C) product per output channel writes the channels_last
-            # weight's (O, 3, 3, C) order directly: 9x faster than transposing afterwards
+            # weight's (O, 3, 3, C) order directly: 5-9x faster than transposing
+            # afterwards (256 and 512 channels, one thread)
             dw = torch.matmul(kg.t(), du.permute(1, 0, 2)).view(o, 3, 3, c).permute(0, 3, 1, 2)
             dw = dw.contiguous(memory_format=ctx.formats[1])
         return dx, dw
