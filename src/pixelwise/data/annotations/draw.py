@@ -1,0 +1,137 @@
+"""Shapes to pixels, each exactly as the tool that made it draws it.
+
+Two rules, cited so that a mask here is the mask the tool shows:
+
+- **PIL rule** (LabelMe): ``labelme.utils.shape_to_mask`` draws with Pillow's ImageDraw:
+  ``polygon(outline=1, fill=1)``, ``rectangle(outline=1, fill=1)`` from its two corners,
+  a circle as ``ellipse`` of radius ``|centre - point|``, ``line`` / ``linestrip`` as
+  ``line(width=line_width)`` (default 10) and a point as a filled circle of radius
+  ``point_size`` (default 5). Pixel (x, y)'s centre is the point (x, y). We call Pillow the
+  same way, so the pixels are Pillow's own.
+- **COCO rule** (COCO polygons, and CVAT polygons and boxes, which CVAT's exporter rasterises
+  through pycocotools too): pycocotools' ``rleFrPoly`` (cocoapi ``common/maskApi.c``) walks each
+  edge on a 5x finer grid, keeps the crossings of the lines x = column (pixel centres at
+  x + 0.5 in COCO coordinates) and toggles the column from the rounded crossing down.
+  :func:`coco_polygon_mask` re-implements that walk in numpy, rounding as its C casts do;
+  ``tests/test_annotations_draw.py`` compares it with pycocotools pixel for pixel. A pixel is
+  in when its centre is inside the polygon, up to that 1/5 px grid.
+
+RLE: COCO's counts run down the columns (Fortran order), starting with zeros; compressed
+counts (a string) are decoded by pycocotools, the optional extra ``pixelwise[annotations]``.
+CVAT's mask ``rle`` runs along the rows of its ``left, top, width, height`` box, also
+starting with zeros.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+SCALE = 5  # rleFrPoly's sub-pixel grid
+
+
+def _trunc(a: np.ndarray) -> np.ndarray:
+    """C's (int) cast: toward zero."""
+    return np.trunc(a).astype(np.int64)
+
+
+def _edge_points(x0: int, y0: int, x1: int, y1: int) -> tuple[np.ndarray, np.ndarray]:
+    """The integer points rleFrPoly puts on one edge of the 5x grid, in the edge's order."""
+    dx, dy = abs(x1 - x0), abs(y1 - y0)
+    flip = (dx >= dy and x0 > x1) or (dx < dy and y0 > y1)
+    xs, xe, ys, ye = (x1, x0, y1, y0) if flip else (x0, x1, y0, y1)
+    n = max(dx, dy)
+    d = np.arange(n + 1)
+    t = n - d if flip else d
+    if n == 0:  # a repeated vertex: one point, which never changes column
+        return np.array([xs]), np.array([ys])
+    if dx >= dy:
+        s = (ye - ys) / dx
+        return t + xs, _trunc(ys + s * t + 0.5)
+    s = (xe - xs) / dy
+    return _trunc(xs + s * t + 0.5), t + ys
+
+
+def coco_polygon_mask(xy: np.ndarray, height: int, width: int) -> np.ndarray:
+    """One COCO polygon ``[x0, y0, x1, y1, ...]`` -> ``(H, W)`` bool, as pycocotools draws it."""
+    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    x = _trunc(SCALE * xy[:, 0] + 0.5)
+    y = _trunc(SCALE * xy[:, 1] + 0.5)
+    us, vs = [], []
+    for j in range(len(x)):
+        k = (j + 1) % len(x)
+        u, v = _edge_points(int(x[j]), int(y[j]), int(x[k]), int(y[k]))
+        us.append(u)
+        vs.append(v)
+    u, v = np.concatenate(us), np.concatenate(vs)
+    change = np.nonzero(u[1:] != u[:-1])[0] + 1
+    xd = (np.minimum(u[change], u[change - 1]) + 0.5) / SCALE - 0.5
+    keep = (np.floor(xd) == xd) & (xd >= 0) & (xd <= width - 1)
+    yd = (np.minimum(v[change], v[change - 1]) + 0.5) / SCALE - 0.5
+    yd = np.ceil(np.clip(yd, 0, height))
+    # Each crossing toggles everything after it in column-major order; a closed polygon
+    # crosses each column an even number of times, so the toggles pair up within columns.
+    flat = np.zeros(height * width + 1, dtype=np.int64)
+    np.add.at(flat, xd[keep].astype(np.int64) * height + yd[keep].astype(np.int64), 1)
+    inside = (np.cumsum(flat[:-1]) % 2).astype(bool)
+    return inside.reshape(width, height).T
+
+
+def coco_box_polygon(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+    """A box as the polygon pycocotools' ``rleFrBbox`` (and CVAT's exporter) draws."""
+    return np.array([x0, y0, x0, y1, x1, y1, x1, y0], dtype=np.float64)
+
+
+def rle_counts_mask(counts, height: int, width: int, order: str) -> np.ndarray:
+    """Uncompressed run lengths (zeros first) -> ``(height, width)`` bool.
+
+    ``order="F"``: runs down the columns (COCO); ``"C"``: along the rows (CVAT).
+
+    Raises:
+        ValueError: negative counts, or counts that do not sum to ``height * width``.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    if counts.ndim != 1 or (counts < 0).any():
+        raise ValueError("RLE counts must be a list of non-negative integers")
+    if int(counts.sum()) != height * width:
+        raise ValueError(f"RLE counts sum to {int(counts.sum())}, not {height}x{width} = "
+                         f"{height * width} pixels")
+    values = np.arange(len(counts)) % 2 == 1
+    flat = np.repeat(values, counts)
+    return flat.reshape((width, height)).T if order == "F" else flat.reshape(height, width)
+
+
+def coco_compressed_rle_mask(counts: str, height: int, width: int) -> np.ndarray:
+    """COCO's compressed RLE string -> ``(H, W)`` bool, decoded by pycocotools."""
+    from pycocotools import mask as coco_mask  # optional extra: callers name it on ImportError
+
+    rle = {"size": [height, width], "counts": counts.encode("ascii")}
+    return coco_mask.decode(rle).astype(bool)
+
+
+def pil_mask(height: int, width: int, kind: str, points: np.ndarray, line_width: int = 10,
+             point_size: int = 5) -> np.ndarray:
+    """One LabelMe shape -> ``(H, W)`` bool, drawn as ``labelme.utils.shape_to_mask`` draws it.
+
+    ``kind``: polygon, rectangle, circle, line, linestrip or point; ``points`` ``(N, 2)`` x, y.
+    """
+    canvas = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(canvas)
+    xy = [(float(px), float(py)) for px, py in points]
+    if kind == "circle":
+        (cx, cy), (px, py) = xy
+        r = math.hypot(cx - px, cy - py)
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=1, fill=1)
+    elif kind == "rectangle":
+        (ax, ay), (bx, by) = xy
+        # LabelMe keeps the corners in drag order; Pillow >= 9 wants them sorted (same box).
+        draw.rectangle([min(ax, bx), min(ay, by), max(ax, bx), max(ay, by)], outline=1, fill=1)
+    elif kind in ("line", "linestrip"):
+        draw.line(xy, fill=1, width=line_width)
+    elif kind == "point":
+        (cx, cy), r = xy[0], point_size
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=1, fill=1)
+    else:
+        draw.polygon(xy, outline=1, fill=1)
+    return np.asarray(canvas, dtype=bool)
