@@ -92,6 +92,30 @@ def stats(spec: str, root: str | None, split: str, max_images: int | None) -> No
 
 
 @command.command()
+@click.argument("spec")
+@click.option("--root", type=click.Path(file_okay=False), default=None,
+              help="Data folder (overrides the spec's root; required for presets).")
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False),
+              help="Folder for the masks and spec.yaml (created if missing).")
+def convert(spec: str, root: str | None, output: str) -> None:
+    """Write a dataset's masks as PNG files of class indices, and a plain spec for them.
+
+    For annotation files (LabelMe, COCO, CVAT) drawn once instead of every epoch, or for
+    users who want mask files. The images stay where they are; OUTPUT/spec.yaml is written
+    last.
+
+    \b
+    Example:
+      pixelwise data convert coco_spec.yaml --output data/masks
+      pixelwise data check data/masks/spec.yaml
+    """
+    from ..data.convert import convert_dataset
+
+    path = convert_dataset(_spec(spec, root), output)
+    click.echo(f"masks and spec -> {path}")
+
+
+@command.command()
 @click.argument("name", required=False)
 @click.option("--root", type=click.Path(file_okay=False), default="data", show_default=True,
               help="Folder to download into and extract in.")

@@ -1,13 +1,14 @@
 """Class masks -> polygons that the annotation tools draw back into the same mask.
 
-Every 8-connected region of a class becomes its outer boundary (holes filled). Drawn in
+Every 4-connected region of a class becomes its outer boundary (holes filled). Drawn in
 order of decreasing filled area, later shapes over earlier ones, the regions rebuild the mask:
-a region inside another region's hole has a smaller filled area, so it is drawn after it. The
-first class is the canvas that a reader starts from; its regions are written only where they
-are enclosed (holes in other regions), never the open background.
+a region inside another region's hole has a smaller filled area, so it is drawn after it.
+Regions are 4-connected (a hole 8-connected) so that two classes meeting corner to corner
+never both claim the corner. The first class is the canvas a reader starts from: its regions
+are written only where they are enclosed, never the open background.
 
-Boundaries are traced along the pixel edges (cracks), with the region kept on the right and
-the diagonal steps of an 8-connected region followed. The same walk gives two polygons:
+Boundaries are traced along the pixel edges (cracks), keeping the region on the right. The
+same walk gives two polygons:
 
 - ``"crack"``: the pixel-corner polygon. Every pixel centre of the region is 0.5 px inside
   it and every other centre 0.5 px outside, so COCO's rule (pixel in when its centre is
@@ -17,8 +18,7 @@ the diagonal steps of an 8-connected region followed. The same walk gives two po
   centres inside it, which again is exactly the region.
 
 Then :func:`simplify` (Douglas-Peucker) drops vertices within ``tolerance`` px of the
-simplified outline; the pixels that change are within that distance of the boundary.
-"""
+simplified outline; only pixels that close to the boundary can change.
 from __future__ import annotations
 
 import numpy as np

@@ -36,46 +36,57 @@ def _trunc(a: np.ndarray) -> np.ndarray:
     return np.trunc(a).astype(np.int64)
 
 
-def _edge_points(x0: int, y0: int, x1: int, y1: int) -> tuple[np.ndarray, np.ndarray]:
-    """The integer points rleFrPoly puts on one edge of the 5x grid, in the edge's order."""
-    dx, dy = abs(x1 - x0), abs(y1 - y0)
-    flip = (dx >= dy and x0 > x1) or (dx < dy and y0 > y1)
-    xs, xe, ys, ye = (x1, x0, y1, y0) if flip else (x0, x1, y0, y1)
-    n = max(dx, dy)
-    d = np.arange(n + 1)
-    t = n - d if flip else d
-    if n == 0:  # a repeated vertex: one point, which never changes column
-        return np.array([xs]), np.array([ys])
-    if dx >= dy:
-        s = (ye - ys) / dx
-        return t + xs, _trunc(ys + s * t + 0.5)
-    s = (xe - xs) / dy
-    return _trunc(xs + s * t + 0.5), t + ys
+def _boundary_points(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The integer points rleFrPoly puts on every edge of the 5x grid, edge after edge.
+
+    Each edge walks its longer axis one step at a time from the endpoint with the smaller
+    coordinate on that axis (rounding the other axis from there), listed in the edge's
+    own direction, as the C loop does.
+    """
+    x1, y1 = np.roll(x, -1), np.roll(y, -1)
+    dx, dy = np.abs(x1 - x), np.abs(y1 - y)
+    along_x = dx >= dy
+    flip = (along_x & (x > x1)) | (~along_x & (y > y1))
+    xs, xe = np.where(flip, x1, x), np.where(flip, x, x1)
+    ys, ye = np.where(flip, y1, y), np.where(flip, y, y1)
+    n = np.maximum(dx, dy)
+    with np.errstate(divide="ignore", invalid="ignore"):  # n == 0: one point, slope unused
+        slope = np.where(along_x, (ye - ys) / dx, (xe - xs) / dy)
+    slope = np.where(n == 0, 0.0, slope)
+    edge = np.repeat(np.arange(len(x)), n + 1)
+    step = np.arange(len(edge)) - np.repeat(np.cumsum(n + 1) - (n + 1), n + 1)
+    t = np.where(flip[edge], n[edge] - step, step)
+    e_x, e_s = along_x[edge], slope[edge]
+    u = np.where(e_x, t + xs[edge], _trunc(xs[edge] + e_s * t + 0.5))
+    v = np.where(e_x, _trunc(ys[edge] + e_s * t + 0.5), t + ys[edge])
+    return u, v
 
 
 def coco_polygon_mask(xy: np.ndarray, height: int, width: int) -> np.ndarray:
     """One COCO polygon ``[x0, y0, x1, y1, ...]`` -> ``(H, W)`` bool, as pycocotools draws it."""
     xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
-    x = _trunc(SCALE * xy[:, 0] + 0.5)
-    y = _trunc(SCALE * xy[:, 1] + 0.5)
-    us, vs = [], []
-    for j in range(len(x)):
-        k = (j + 1) % len(x)
-        u, v = _edge_points(int(x[j]), int(y[j]), int(x[k]), int(y[k]))
-        us.append(u)
-        vs.append(v)
-    u, v = np.concatenate(us), np.concatenate(vs)
+    u, v = _boundary_points(_trunc(SCALE * xy[:, 0] + 0.5), _trunc(SCALE * xy[:, 1] + 0.5))
     change = np.nonzero(u[1:] != u[:-1])[0] + 1
     xd = (np.minimum(u[change], u[change - 1]) + 0.5) / SCALE - 0.5
     keep = (np.floor(xd) == xd) & (xd >= 0) & (xd <= width - 1)
     yd = (np.minimum(v[change], v[change - 1]) + 0.5) / SCALE - 0.5
-    yd = np.ceil(np.clip(yd, 0, height))
-    # Each crossing toggles everything after it in column-major order; a closed polygon
-    # crosses each column an even number of times, so the toggles pair up within columns.
-    flat = np.zeros(height * width + 1, dtype=np.int64)
-    np.add.at(flat, xd[keep].astype(np.int64) * height + yd[keep].astype(np.int64), 1)
-    inside = (np.cumsum(flat[:-1]) % 2).astype(bool)
-    return inside.reshape(width, height).T
+    cols = xd[keep].astype(np.int64)
+    rows = np.ceil(np.clip(yd[keep], 0, height)).astype(np.int64)
+    out = np.zeros((height, width), dtype=bool)
+    if cols.size == 0:
+        return out
+    # Each crossing toggles every pixel after it in column-major order (rows 0..height,
+    # height meaning the next column's top). A closed polygon crosses each column line an
+    # even number of times, so the toggles pair up within columns and only the box of the
+    # crossings needs the running parity.
+    c0, r0, r1 = int(cols.min()), int(rows.min()), int(rows.max())
+    box_h, box_w = r1 - r0, int(cols.max()) - c0 + 1
+    if box_h == 0:
+        return out
+    toggles = np.bincount((cols - c0) * box_h + rows - r0, minlength=box_w * box_h + 1)
+    inside = (np.cumsum(toggles[:-1]) % 2).astype(bool).reshape(box_w, box_h).T
+    out[r0:r1, c0:c0 + box_w] = inside
+    return out
 
 
 def coco_box_polygon(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
