@@ -19,6 +19,7 @@ same walk gives two polygons:
 
 Then :func:`simplify` (Douglas-Peucker) drops vertices within ``tolerance`` px of the
 simplified outline; only pixels that close to the boundary can change.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -121,15 +122,14 @@ def simplify(points: np.ndarray, tolerance: float) -> np.ndarray:
     return out if len(out) >= 3 else points
 
 
-def class_polygons(mask: np.ndarray, num_classes: int, kind: str, tolerance: float = 1.0,
-                   min_area: int = 1) -> list[tuple[int, np.ndarray]]:
+def class_polygons(mask: np.ndarray, num_classes: int, kind: str,
+                   tolerance: float = 0.0) -> list[tuple[int, np.ndarray]]:
     """``(class, (N, 2) x, y polygon)`` for every region of ``mask``, in drawing order.
 
     Args:
         mask: ``(H, W)`` class indices; values outside ``0..num_classes - 1`` are skipped.
         kind: ``"crack"`` (COCO) or ``"centre"`` (LabelMe), see the module docstring.
         tolerance: simplification in px (0 keeps every turn).
-        min_area: skip regions with fewer pixels.
     """
     regions = []
     for cls in range(num_classes):
@@ -137,8 +137,6 @@ def class_polygons(mask: np.ndarray, num_classes: int, kind: str, tolerance: flo
         labels, _ = ndimage.label(pixels)
         for i, box in enumerate(ndimage.find_objects(labels), start=1):
             region = labels[box] == i
-            if region.sum() < min_area:
-                continue
             filled = ndimage.binary_fill_holes(region, structure=EIGHT)
             regions.append((int(filled.sum()), cls, box, region))
     regions.sort(key=lambda r: -r[0])
@@ -155,6 +153,6 @@ def class_polygons(mask: np.ndarray, num_classes: int, kind: str, tolerance: flo
 
 
 def _enclosed(canvas: np.ndarray) -> np.ndarray:
-    """Canvas pixels that other regions enclose: not 4-connected to the image border (the
+    """Canvas pixels that other regions enclose: not 8-connected to the image border (the
     holes that :func:`scipy.ndimage.binary_fill_holes` fills in the other regions)."""
     return ndimage.binary_fill_holes(~canvas, structure=EIGHT) & canvas

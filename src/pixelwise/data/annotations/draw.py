@@ -24,6 +24,7 @@ starting with zeros.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -118,7 +119,9 @@ def coco_compressed_rle_mask(counts: str, height: int, width: int) -> np.ndarray
     from pycocotools import mask as coco_mask  # optional extra: callers name it on ImportError
 
     rle = {"size": [height, width], "counts": counts.encode("ascii")}
-    return coco_mask.decode(rle).astype(bool)
+    with warnings.catch_warnings():  # pycocotools 2.0.x's numpy 2 copy-keyword notice
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return coco_mask.decode(rle).astype(bool)
 
 
 def pil_mask(height: int, width: int, kind: str, points: np.ndarray, line_width: int = 10,

@@ -77,14 +77,15 @@ def degenerate(shape: Shape) -> str | None:
             return f"degenerate linestrip: {n} point(s), needs at least 2"
         if shape.kind in ("polygon", "coco_polygon") and n < 3:
             return f"degenerate polygon: {n} point(s), needs at least 3"
-        if shape.kind == "coco_polygon" and _area(part) == 0:
+        if shape.kind == "coco_polygon" and polygon_area(part) == 0:
             return "degenerate polygon: zero area (its points are on one line)"
         if shape.kind == "circle" and np.array_equal(part[0], part[1]):
             return "degenerate circle: zero radius"
     return None
 
 
-def _area(part: np.ndarray) -> float:
+def polygon_area(part: np.ndarray) -> float:
+    """Shoelace area of an ``(N, 2)`` polygon."""
     x, y = part[:, 0], part[:, 1]
     return abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))) / 2
 
