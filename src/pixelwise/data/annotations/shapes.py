@@ -124,11 +124,39 @@ def _rle_problem(shape: Shape, hw: tuple[int, int]) -> str | None:
     if left < 0 or top < 0 or left + w > hw[1] or top + h > hw[0] or w <= 0 or h <= 0:
         return f"mask box {left},{top} {w}x{h} is not inside the {hw[1]}x{hw[0]} image"
     if isinstance(counts, str):
-        return None  # compressed: pycocotools checks it while decoding
+        # pycocotools trusts the string and writes past its buffer on bad counts: read them
+        # first (its rleFrString format) and hand it only strings that fill the image.
+        counts = compressed_counts(counts)
+        if counts is None:
+            return "bad compressed RLE string"
     total = sum(counts)
     if total != h * w or any(c < 0 for c in counts):
         return f"RLE counts sum to {total}, not {w}x{h} = {h * w} pixels"
     return None
+
+
+def compressed_counts(text: str) -> list[int] | None:
+    """The run lengths of COCO's compressed RLE string (6 bits a character, from '0', each
+    count after the second stored as the difference to the one two before); None if bad."""
+    counts: list[int] = []
+    value = shift = 0
+    for ch in text:
+        c = ord(ch) - 48
+        if not 0 <= c < 64:
+            return None
+        value |= (c & 0x1F) << shift
+        shift += 5
+        if c & 0x20:
+            continue
+        if c & 0x10:
+            value -= 1 << shift  # sign-extend
+        if len(counts) > 2:
+            value += counts[-2]
+        if value < 0:
+            return None
+        counts.append(value)
+        value = shift = 0
+    return counts if shift == 0 else None
 
 
 def shape_mask(shape: Shape, hw: tuple[int, int], line_width: int, point_size: int) -> np.ndarray:
