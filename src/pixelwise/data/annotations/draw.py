@@ -44,7 +44,7 @@ def _boundary_points(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarr
     coordinate on that axis (rounding the other axis from there), listed in the edge's
     own direction, as the C loop does.
     """
-    x1, y1 = np.roll(x, -1), np.roll(y, -1)
+    x1, y1 = np.append(x[1:], x[0]), np.append(y[1:], y[0])  # each edge's end
     dx, dy = np.abs(x1 - x), np.abs(y1 - y)
     along_x = dx >= dy
     flip = (along_x & (x > x1)) | (~along_x & (y > y1))
@@ -65,6 +65,15 @@ def _boundary_points(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 def coco_polygon_mask(xy: np.ndarray, height: int, width: int) -> np.ndarray:
     """One COCO polygon ``[x0, y0, x1, y1, ...]`` -> ``(H, W)`` bool, as pycocotools draws it."""
+    out = np.zeros((height, width), dtype=bool)
+    top, left, inside = coco_polygon_box(xy, height, width)
+    out[top:top + inside.shape[0], left:left + inside.shape[1]] = inside
+    return out
+
+
+def coco_polygon_box(xy: np.ndarray, height: int, width: int) -> tuple[int, int, np.ndarray]:
+    """:func:`coco_polygon_mask` as ``(top, left, pixels)`` of its bounding box (cheaper to
+    paint than a full-image mask per polygon)."""
     xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
     u, v = _boundary_points(_trunc(SCALE * xy[:, 0] + 0.5), _trunc(SCALE * xy[:, 1] + 0.5))
     change = np.nonzero(u[1:] != u[:-1])[0] + 1
@@ -73,21 +82,17 @@ def coco_polygon_mask(xy: np.ndarray, height: int, width: int) -> np.ndarray:
     yd = (np.minimum(v[change], v[change - 1]) + 0.5) / SCALE - 0.5
     cols = xd[keep].astype(np.int64)
     rows = np.ceil(np.clip(yd[keep], 0, height)).astype(np.int64)
-    out = np.zeros((height, width), dtype=bool)
-    if cols.size == 0:
-        return out
+    if cols.size == 0 or rows.min() == rows.max():
+        return 0, 0, np.zeros((0, 0), dtype=bool)
     # Each crossing toggles every pixel after it in column-major order (rows 0..height,
     # height meaning the next column's top). A closed polygon crosses each column line an
     # even number of times, so the toggles pair up within columns and only the box of the
     # crossings needs the running parity.
     c0, r0, r1 = int(cols.min()), int(rows.min()), int(rows.max())
     box_h, box_w = r1 - r0, int(cols.max()) - c0 + 1
-    if box_h == 0:
-        return out
     toggles = np.bincount((cols - c0) * box_h + rows - r0, minlength=box_w * box_h + 1)
     inside = (np.cumsum(toggles[:-1]) % 2).astype(bool).reshape(box_w, box_h).T
-    out[r0:r1, c0:c0 + box_w] = inside
-    return out
+    return r0, c0, inside
 
 
 def coco_box_polygon(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:

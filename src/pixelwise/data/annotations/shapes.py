@@ -87,7 +87,8 @@ def degenerate(shape: Shape) -> str | None:
 def polygon_area(part: np.ndarray) -> float:
     """Shoelace area of an ``(N, 2)`` polygon."""
     x, y = part[:, 0], part[:, 1]
-    return abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))) / 2
+    return abs(float(np.dot(x[:-1], y[1:]) - np.dot(y[:-1], x[1:])
+                     + x[-1] * y[0] - y[-1] * x[0])) / 2
 
 
 def shape_value(spec: DatasetSpec, shape: Shape) -> int | None:
@@ -159,8 +160,9 @@ def compressed_counts(text: str) -> list[int] | None:
     return counts if shift == 0 else None
 
 
-def shape_mask(shape: Shape, hw: tuple[int, int], line_width: int, point_size: int) -> np.ndarray:
-    """``(H, W)`` bool pixels of one shape (see :mod:`.draw` for the rules)."""
+def shape_pixels(shape: Shape, hw: tuple[int, int], line_width: int,
+                 point_size: int) -> tuple[int, int, np.ndarray]:
+    """One shape's pixels as ``(top, left, bool box)`` (see :mod:`.draw` for the rules)."""
     h, w = hw
     if shape.kind == "rle":
         counts, rh, rw, order, left, top = shape.rle
@@ -172,18 +174,16 @@ def shape_mask(shape: Shape, hw: tuple[int, int], line_width: int, point_size: i
                                 f"{EXTRA_HINT}") from None
         else:
             part = draw.rle_counts_mask(counts, rh, rw, order)
-        out = np.zeros(hw, dtype=bool)
-        out[top:top + rh, left:left + rw] = part
-        return out
-    if shape.kind == "coco_polygon":
-        out = np.zeros(hw, dtype=bool)
-        for part in shape.parts:
-            out |= draw.coco_polygon_mask(part.ravel(), h, w)
-        return out
+        return top, left, part
+    if shape.kind == "coco_polygon" and len(shape.parts) == 1:
+        return draw.coco_polygon_box(shape.parts[0].ravel(), h, w)
     out = np.zeros(hw, dtype=bool)
-    for part in shape.parts:  # one part, except CVAT's <points>: a disc per point
-        out |= draw.pil_mask(h, w, shape.kind, part, line_width, point_size)
-    return out
+    for part in shape.parts:  # COCO polygons in several parts; CVAT <points>: a disc each
+        if shape.kind == "coco_polygon":
+            out |= draw.coco_polygon_mask(part.ravel(), h, w)
+        else:
+            out |= draw.pil_mask(h, w, shape.kind, part, line_width, point_size)
+    return 0, 0, out
 
 
 def rasterise(spec: DatasetSpec, record: Record, image: Path, hw: tuple[int, int]) -> np.ndarray:
@@ -201,12 +201,14 @@ def rasterise(spec: DatasetSpec, record: Record, image: Path, hw: tuple[int, int
     for i in order:
         shape = record.shapes[i]
         try:
-            pixels = shape_mask(shape, hw, spec.mask.line_width, spec.mask.point_size)
+            top, left, pixels = shape_pixels(shape, hw, spec.mask.line_width,
+                                             spec.mask.point_size)
         except DataError as e:
             raise DataError(f"{record.source}: {e}") from None
         except ValueError as e:  # a compressed RLE string pycocotools cannot read
             raise DataError(shape_error(record, shape, f"bad RLE ({e})")) from None
-        mask[pixels] = shape_value(spec, shape)
+        mask[top:top + pixels.shape[0], left:left + pixels.shape[1]][pixels] = \
+            shape_value(spec, shape)
     return mask
 
 
