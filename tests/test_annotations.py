@@ -190,3 +190,24 @@ def test_training_straight_from_annotation_files(encoding, tmp_path):
         "output": {"dir": str(tmp_path / "runs"), "name": "run"}})
     run = T.train(cfg)
     assert (run / "checkpoints" / "last.pt").is_file()
+
+
+def test_split_file_parsed_once_and_again_when_edited(tmp_path, monkeypatch):
+    from pixelwise.data import annotations
+
+    calls = []
+    parse = annotations.SPLIT_FILE_READERS["coco"]
+    monkeypatch.setitem(annotations.SPLIT_FILE_READERS, "coco",
+                        lambda path: calls.append(path) or parse(path))
+    _copy_images(tmp_path)
+    shutil.copy(DATA / "coco.json", tmp_path / "coco.json")
+    spec = spec_for("coco", "coco.json", root=tmp_path)
+    for _ in range(2):
+        masks_of(spec)
+        check_dataset(spec)
+    assert len(calls) == 1
+    edit = json.loads((tmp_path / "coco.json").read_text())
+    edit["annotations"] = edit["annotations"][:1]
+    (tmp_path / "coco.json").write_text(json.dumps(edit, indent=1))
+    assert masks_of(spec)["street.png"].max() == 1  # the edit is seen: only the cat is left
+    assert len(calls) == 2

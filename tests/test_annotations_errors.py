@@ -131,7 +131,8 @@ CASES = {
     "cvat-video": ("cvat", lambda r: edit_text(r, "cvat.xml", "</meta>",
                                                '</meta><track id="0" label="cat"></track>'),
                    ["cvat.xml: CVAT for video"]),
-    "cvat-cuboid": ("cvat", lambda r: edit_text(r, "cvat.xml", "<tag ", '<cuboid label="cat"/><tag '),
+    "cvat-cuboid": ("cvat", lambda r: edit_text(r, "cvat.xml", "<tag ",
+                                                '<cuboid label="cat"/><tag '),
                     ["cvat.xml: image 'street.png' shape 4 (<cuboid>): unsupported shape"]),
     "cvat-xml": ("cvat", lambda r: edit_text(r, "cvat.xml", "</annotations>", ""),
                  ["cvat.xml: not a CVAT XML file"]),
@@ -171,7 +172,8 @@ def test_each_problem_is_one_line_naming_file_and_shape(case, copy):
 def test_cli_check_exits_1_without_traceback(encoding, copy, capsys):
     from pixelwise.cli import main
 
-    CASES[{"labelme": "lm-degenerate", "coco": "coco-size", "cvat": "cvat-version"}[encoding]][1](copy)
+    case = {"labelme": "lm-degenerate", "coco": "coco-size", "cvat": "cvat-version"}[encoding]
+    CASES[case][1](copy)
     path = copy / "spec.yaml"
     path.write_text(yaml.safe_dump(spec(copy, encoding)))
     with pytest.raises(SystemExit) as exit_info:

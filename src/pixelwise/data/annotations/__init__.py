@@ -16,14 +16,14 @@ import numpy as np
 
 from ...errors import DataError
 from . import coco, cvat, labelme
-from .shapes import Record, match, rasterise, record_problems, shape_value
+from .shapes import Record, load_split_file, match, rasterise, record_problems, shape_value
 
 if TYPE_CHECKING:
     from ..listing import Sample
     from ..spec import DatasetSpec
 
 ENCODINGS = ("labelme", "coco", "cvat")
-SPLIT_FILE_READERS = {"coco": coco.load, "cvat": cvat.load}
+SPLIT_FILE_READERS = {"coco": coco.parse, "cvat": cvat.parse}
 
 
 def is_annotation(spec: DatasetSpec) -> bool:
@@ -40,7 +40,7 @@ def record_for(spec: DatasetSpec, sample: Sample) -> Record:
         raise DataError(f"{sample.image}: no annotation file (the split has no 'masks')")
     if spec.mask.encoding == "labelme":
         return labelme.read(sample.mask)
-    records = SPLIT_FILE_READERS[spec.mask.encoding](sample.mask)
+    records = load_split_file(sample.mask, SPLIT_FILE_READERS[spec.mask.encoding])
     record = match(records, Path(sample.image))
     if record is None:
         raise DataError(f"{sample.mask}: no entry for image {sample.image}")
@@ -74,7 +74,7 @@ def split_problems(spec: DatasetSpec, samples: list[Sample], everyone: list[Samp
     problems = []
     for path in sorted({s.mask for s in samples if isinstance(s.mask, Path)}):
         try:
-            records = reader(path)
+            records = load_split_file(path, reader)
         except DataError:
             continue  # reported per sample
         found = {id(match(records, Path(s.image))) for s in everyone if s.mask == path}

@@ -10,9 +10,7 @@ process and kept (keyed by path, size and modification time), not re-read per im
 """
 from __future__ import annotations
 
-import functools
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,23 +19,12 @@ from ...errors import DataError
 from .shapes import Record, Shape, by_file_name
 
 
-def load(path: str | Path) -> dict[str, list[Record]]:
+def parse(path: Path) -> dict[str, list[Record]]:
     """The records of a COCO file, indexed by file name (see :func:`.shapes.match`).
 
     Raises:
-        DataError: a missing or malformed file, naming the file and the annotation.
+        DataError: a malformed file, naming the file and the shape.
     """
-    path = Path(path)
-    try:
-        st = os.stat(path)
-    except OSError:
-        raise DataError(f"{path}: annotation file not found") from None
-    return _load(str(path), st.st_mtime_ns, st.st_size)
-
-
-@functools.lru_cache(maxsize=8)
-def _load(path_str: str, mtime_ns: int, size: int) -> dict[str, list[Record]]:
-    path = Path(path_str)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -12,8 +12,6 @@ ellipse, skeleton) are errors. The file is parsed once per process and kept.
 """
 from __future__ import annotations
 
-import functools
-import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -28,24 +26,12 @@ KINDS = {"polygon": "coco_polygon", "box": "coco_polygon", "polyline": "linestri
          "points": "point", "mask": "rle"}
 
 
-def load(path: str | Path) -> dict[str, list[Record]]:
+def parse(path: Path) -> dict[str, list[Record]]:
     """The records of a CVAT XML file, indexed by file name (see :func:`.shapes.match`).
 
     Raises:
-        DataError: a missing or malformed file, an unknown version, CVAT for video, or a
-            shape that cannot be read (naming the file, the image and the shape).
+        DataError: a malformed file, naming the file and the shape.
     """
-    path = Path(path)
-    try:
-        st = os.stat(path)
-    except OSError:
-        raise DataError(f"{path}: annotation file not found") from None
-    return _load(str(path), st.st_mtime_ns, st.st_size)
-
-
-@functools.lru_cache(maxsize=8)
-def _load(path_str: str, mtime_ns: int, size: int) -> dict[str, list[Record]]:
-    path = Path(path_str)
     try:
         root = ET.parse(path).getroot()
     except (ET.ParseError, OSError, ValueError) as e:

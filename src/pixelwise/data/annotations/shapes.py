@@ -9,9 +9,11 @@ convention) and COCO's ``iscrowd`` regions become ``ignore_index``.
 """
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -230,3 +232,24 @@ def by_file_name(records: list[Record]) -> dict[str, list[Record]]:
     for r in records:
         index.setdefault(PurePosixPath(r.name.replace("\\", "/")).name, []).append(r)
     return index
+
+
+def load_split_file(path: str | os.PathLike,
+                    parse: Callable[[Path], dict[str, list[Record]]]) -> dict[str, list[Record]]:
+    """``parse(path)``, kept per process by path, size and modification time: a split's
+    COCO or CVAT file is read once, not once per image (an edited file is read again).
+
+    Raises:
+        DataError: the file is missing (or whatever ``parse`` raises).
+    """
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except OSError:
+        raise DataError(f"{path}: annotation file not found") from None
+    return _parsed(parse, str(path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed(parse, path: str, mtime_ns: int, size: int) -> dict[str, list[Record]]:
+    return parse(Path(path))
