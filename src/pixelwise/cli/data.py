@@ -40,7 +40,9 @@ def check(spec: str, root: str | None, splits: tuple[str, ...], max_images: int 
     """Check every file of a dataset and print statistics, then every problem found.
 
     Problems (each naming its file): missing or extra masks, size mismatches, label values
-    not in the spec, unreadable or truncated files, images over the pixel limit.
+    not in the spec, unreadable or truncated files, images over the pixel limit. For
+    annotation files (LabelMe, COCO, CVAT): the shapes per class, the images without
+    annotations, and each bad shape (unknown label, degenerate, wrong size, unknown version).
     Exit code 0 when clean, 1 when a problem was found.
 
     \b
