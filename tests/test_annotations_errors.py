@@ -87,6 +87,10 @@ CASES = {
     "coco-odd": ("coco", lambda r: edit_json(
         r, "coco.json", _set(["annotations", 0, "segmentation"], [[0, 0, 2, 2, 4]])),
         ["coco.json: annotation id 10 (image 'street.png') (label 'cat'): degenerate"]),
+    "coco-far": ("coco", lambda r: edit_json(
+        r, "coco.json", _set(["annotations", 0, "segmentation"], [[0, 0, 1e12, 3, 0, 5]])),
+        ["coco.json: annotation id 10 (image 'street.png') (label 'cat'): points far outside "
+         "the 8x6 image"]),
     "coco-size": ("coco", lambda r: edit_json(r, "coco.json", _set(["images", 0, "width"], 9)),
                   ["coco.json: image 'street.png' is 9x6 in the annotations"]),
     "coco-missing-image": ("coco", lambda r: edit_json(

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 IGNORE_LABEL = "__ignore__"
 EXTRA_HINT = "pip install 'pixelwise[annotations]'"
+FAR_OUTSIDE = 10  # image sizes
 
 
 @dataclass(frozen=True)
@@ -114,10 +115,23 @@ def record_problems(spec: DatasetSpec, record: Record, image: Path,
         if shape_value(spec, shape) is None:
             problems.append(shape_error(record, shape, "label not in class_names "
                                         f"({', '.join(spec.class_names)})"))
-        problem = degenerate(shape) if shape.kind != "rle" else _rle_problem(shape, hw)
+        problem = _rle_problem(shape, hw) if shape.kind == "rle" else \
+            degenerate(shape) or _far_outside(shape, hw)
         if problem:
             problems.append(shape_error(record, shape, problem))
     return problems
+
+
+def _far_outside(shape: Shape, hw: tuple[int, int]) -> str | None:
+    """Points more than FAR_OUTSIDE image sizes away: a broken file, and a polygon the COCO
+    rule (which walks every edge on a 5x finer grid) would need gigabytes to draw."""
+    h, w = hw
+    for part in shape.parts:
+        x, y = part[:, 0], part[:, 1]
+        if (np.abs(x - w / 2) > FAR_OUTSIDE * w).any() or \
+                (np.abs(y - h / 2) > FAR_OUTSIDE * h).any():
+            return f"points far outside the {w}x{h} image"
+    return None
 
 
 def _rle_problem(shape: Shape, hw: tuple[int, int]) -> str | None:
@@ -207,8 +221,8 @@ def rasterise(spec: DatasetSpec, record: Record, image: Path, hw: tuple[int, int
                                              spec.mask.point_size)
         except DataError as e:
             raise DataError(f"{record.source}: {e}") from None
-        except ValueError as e:  # a compressed RLE string pycocotools cannot read
-            raise DataError(shape_error(record, shape, f"bad RLE ({e})")) from None
+        except (ValueError, OverflowError) as e:  # what the checks above did not foresee
+            raise DataError(shape_error(record, shape, f"cannot be drawn ({e})")) from None
         mask[top:top + pixels.shape[0], left:left + pixels.shape[1]][pixels] = \
             shape_value(spec, shape)
     return mask
