@@ -91,8 +91,14 @@ def fingerprint(spec, split: str = "train", max_images: int = MAX_IMAGES) -> Fin
     return Fingerprint(num_images=stats.count, median_size=median, channels=spec.channels,
                        num_classes=spec.num_classes, class_frequency=freq,
                        class_weights=list(stats.class_weights),
-                       foreground_fraction=float(1.0 - freq[0]) if freq else 0.0,
+                       foreground_fraction=_foreground(stats.class_pixels),
                        mean=list(stats.mean), std=list(stats.std))
+
+
+def _foreground(class_pixels: list[int]) -> float:
+    """Share of the labelled pixels not of class 0 (0 when no pixel is labelled)."""
+    total = sum(class_pixels)
+    return float(sum(class_pixels[1:]) / total) if total else 0.0
 
 
 # AdamW learning rate of each planned model, measured under the budgets (module text).
@@ -102,6 +108,11 @@ LEARNING_RATES = {"resnet34_unet_concat": 1.0e-3, "unet": 2.0e-3}
 def crop_size(fp: Fingerprint) -> int:
     side = min(fp.median_size)
     return int(min(MAX_CROP, max(MIN_CROP, side // 32 * 32)))
+
+
+def batch_size(fp: Fingerprint) -> int:
+    """:data:`BATCH`, or fewer when the training split has fewer images (one full batch)."""
+    return max(1, min(BATCH, fp.num_images))
 
 
 def is_scene(fp: Fingerprint) -> bool:
@@ -155,7 +166,7 @@ def plan(fp: Fingerprint, spec: dict[str, Any], minutes: float, val_split: str |
     return {
         "model": model,
         "data": {"spec": spec, "train_split": "train", "val_split": val_split,
-                 "crop_size": crop, "batch_size": BATCH, "workers": 0},
+                 "crop_size": crop, "batch_size": batch_size(fp), "workers": 0},
         "augment": augment_section(fp),
         "optim": {"name": "adamw", "lr": LEARNING_RATES[model["name"]], "weight_decay": 1.0e-4,
                   "schedule": "cosine", "warmup_steps": 20},

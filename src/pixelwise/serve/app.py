@@ -57,7 +57,8 @@ def describe_predictor(predictor: Any) -> dict[str, Any]:
         "in_channels": attr("in_channels"),
         "backend": attr("backend", "unknown"),
         # Tiling: images larger than tile_size are predicted in overlapping tiles; an image
-        # (or tile) needs at least min_input_size pixels a side, the model's own minimum.
+        # (or tile) smaller than min_input_size pixels a side, the model's own minimum, is
+        # mirrored out to it and the result cropped back.
         "tile_size": attr("tile_size"),
         "overlap": attr("overlap"),
         "min_input_size": attr("min_input_size"),
