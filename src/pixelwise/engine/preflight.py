@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from ..config import RunConfig
-from ..errors import ConfigError, PixelwiseError
+from ..errors import ConfigError, DataError, PixelwiseError
 from ..models import geometry
 from ..models.probe import meta_forward, meta_model, min_input_size
 
@@ -154,9 +154,12 @@ def _check_splits(cfg: RunConfig, spec, model: nn.Module, in_channels: int) -> N
     """The splits' files, from the listing and image headers only: enough training images for
     one optimiser step, and whole images (validation, training without a crop) that the
     model takes."""
-    from ..data.check import small_images
+    from ..data.check import nothing_found, small_images
     from .sampling import check_batches
 
+    empty = nothing_found(spec)  # a wrong root: name every glob and list tried
+    if empty is not None:
+        raise DataError(empty)
     train = spec.resolve(cfg.data.train_split)  # DataError: no images, empty list file
     check_batches(cfg, len(train), int(os.environ.get("WORLD_SIZE", "1")))
     whole = {"data.val_split": cfg.data.val_split}
