@@ -35,6 +35,9 @@ FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,))  # none, horizontal, ver
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".npy")
 
 
+LABEL_ROWS = 512  # rows labelled at a time (see Predictor.to_prediction)
+
+
 @dataclass
 class Prediction:
     """One image's result.
@@ -235,8 +238,12 @@ class Predictor:
 
     def to_prediction(self, probs: torch.Tensor) -> Prediction:
         """``(K, H, W)`` probabilities -> :class:`Prediction` (argmax, or the threshold)."""
-        mask = labels_from_probabilities(probs[None], self.threshold)[0]
-        mask = mask.to(torch.uint8) if self.num_classes <= 256 else mask
+        dtype = torch.uint8 if self.num_classes <= 256 else torch.int64
+        mask = torch.empty(probs.shape[-2:], dtype=dtype)
+        # By bands of rows: the labels come as int64, 8 bytes a pixel for the whole image.
+        for top in range(0, probs.shape[-2], LABEL_ROWS):
+            rows = probs[None, :, top:top + LABEL_ROWS]
+            mask[top:top + LABEL_ROWS] = labels_from_probabilities(rows, self.threshold)[0]
         return Prediction(mask=mask.numpy(), probs=probs.float().numpy())
 
     def prepare(self, image: np.ndarray) -> torch.Tensor:
