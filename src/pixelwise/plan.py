@@ -10,7 +10,8 @@ The rules, and why (figures in ``recipes/README.md``):
 
 - **Crop**: the largest multiple of 32 that fits the median image side, at most
   :data:`MAX_CROP` (on a CPU budget, more steps on 256 px crops beat fewer larger ones),
-  at least 64. **Batch**: :data:`BATCH` (BatchNorm needs a few samples; more costs steps).
+  at least 64. **Batch**: :data:`BATCH` (BatchNorm needs a few samples; more costs steps), or
+  the number of training images when there are fewer (a batch the data can fill).
 - **Model**: colour images with three or more classes (scenes) get the ResNet34 U-Net with a
   concatenating decoder, whose deep encoder sees the context that scene classes need; other
   data (binary masks, grey or multi-band images: vessels, cells, membranes) get the padded
