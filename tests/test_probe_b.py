@@ -146,7 +146,8 @@ def test_planner_plans_a_batch_the_data_fills(tmp_path):
                      foreground_fraction=0.1, mean=[0.5], std=[0.2])
     raw = plan(fp, {"preset": "drive", "root": str(tmp_path)}, minutes=1.0)
     assert raw["data"]["batch_size"] == 2
-    assert plan(Fingerprint(**{**fp.to_dict(), "num_images": 50}), {}, 1.0)["data"]["batch_size"] == 4
+    many = Fingerprint(**{**fp.to_dict(), "num_images": 50})
+    assert plan(many, {}, 1.0)["data"]["batch_size"] == 4
 
 
 def test_a_refused_plan_leaves_no_run_folder(tmp_path, monkeypatch):
