@@ -1,5 +1,6 @@
-"""Images smaller than the model's pooling grid, and predictor options this machine or model
-cannot honour: one-line errors (422 from the server) for every backend, never a traceback."""
+"""Images smaller than the model's pooling grid (mirrored out and cropped back), and test-time
+scales or predictor options this machine or model cannot honour: one-line errors for every
+backend, never a traceback."""
 from __future__ import annotations
 
 import io
@@ -38,7 +39,7 @@ def image(h: int, w: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("source", ["checkpoint", "onnx_file", "checkpoint+ort"])
-def test_too_small_for_every_backend(source, request, checkpoint):
+def test_small_images_padded_for_every_backend(source, request, checkpoint):
     path = request.getfixturevalue(source.split("+")[0])
     backend = "torch" if source == "checkpoint" else "onnxruntime"
     if source == "checkpoint+ort":  # a checkpoint on ONNX Runtime, exported in memory
@@ -47,44 +48,53 @@ def test_too_small_for_every_backend(source, request, checkpoint):
         path, backend, _ = choose_backend(path, backend, optimize=None)
     predictor = Predictor(path, backend=backend)
     assert predictor.min_input_size == 8
-    for h, w in [(1, 1), (7, 40)]:
-        with pytest.raises(ValueError, match=rf"input {h}x{w} is too small for unet: each side "
-                                             r"needs at least 8 pixels"):
-            predictor.predict(image(h, w))
-    assert predictor.predict(image(8, 16)).mask.shape == (8, 16)
-    # Test-time scales shrink the image the model sees: checked there too.
-    with pytest.raises(ValueError, match="too small"):
+    # "Any size": a side under 8 px is mirrored out to 8 and the result cropped back. A constant
+    # image mirrors to the same constant, so the small mask is the larger one's top-left.
+    for h, w in [(1, 1), (7, 40), (3, 5)]:
+        small = predictor.predict(image(h, w))
+        big = predictor.predict(image(max(h, 8), max(w, 8)))
+        assert small.mask.shape == (h, w) and small.probs.shape == (3, h, w)
+        np.testing.assert_allclose(small.probs, big.probs[:, :h, :w], atol=1e-5)
+    # Test-time scales shrinking an image the model takes below its input: named, refused.
+    with pytest.raises(ValueError, match=r"scale 0.5 \(--scales\) turns the 10x10 image into "
+                                         r"5x5, under the smallest input of unet \(8 pixels"):
         Predictor(path, backend=backend, scales=(0.5, 1.0)).predict(image(10, 10))
 
 
-def test_onnx_cli_and_server_refuse_in_one_line(onnx_file, tmp_path):
+def test_onnx_cli_and_server_take_one_pixel(onnx_file, tmp_path):
     from fastapi.testclient import TestClient
 
     from pixelwise.serve import create_app
 
     Image.fromarray(image(1, 1)).save(tmp_path / "one_pixel.png")
-    with pytest.raises(SystemExit) as e:
-        main(["predict", "-c", str(onnx_file), str(tmp_path / "one_pixel.png"),
-              "-o", str(tmp_path / "out"), "--no-progress"])
-    assert e.value.code == 1
+    main_ok(["predict", "-c", str(onnx_file), str(tmp_path / "one_pixel.png"),
+             "-o", str(tmp_path / "out"), "--no-progress"])
+    assert Image.open(tmp_path / "out" / "one_pixel_mask.png").size == (1, 1)
     app = create_app(Predictor(onnx_file, backend="onnxruntime"), max_pixels=4096)
     with TestClient(app, raise_server_exceptions=False) as client:
         for h, w in [(1, 1), (8, 7)]:
             buf = io.BytesIO()
             Image.fromarray(image(h, w)).save(buf, format="PNG")
             r = client.post("/predict", files={"file": ("x.png", buf.getvalue(), "image/png")})
-            assert r.status_code == 422 and "too small" in r.json()["error"], r.text
+            assert r.status_code == 200, r.text
 
 
-def test_cli_prints_one_line(onnx_file, tmp_path, capsys):
-    Image.fromarray(image(1, 1)).save(tmp_path / "one_pixel.png")
-    with pytest.raises(SystemExit):
-        main(["predict", "-c", str(onnx_file), str(tmp_path / "one_pixel.png"),
+def main_ok(argv):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code in (0, None)
+
+
+def test_cli_names_the_scale_in_one_line(onnx_file, tmp_path, capsys):
+    Image.fromarray(np.full((64, 64, 3), 100, np.uint8)).save(tmp_path / "a.png")
+    with pytest.raises(SystemExit) as e:
+        main(["predict", "-c", str(onnx_file), str(tmp_path / "a.png"), "--scales", "0.01",
               "-o", str(tmp_path / "out"), "--no-progress"])
+    assert e.value.code == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err and "ONNXRuntimeError" not in err
-    line = next(line for line in err.splitlines() if "too small" in line)
-    assert "one_pixel.png: input 1x1 is too small for unet" in line
+    line = next(line for line in err.splitlines() if "scale" in line)
+    assert "a.png: scale 0.01 (--scales) turns the 64x64 image into 1x1" in line
 
 
 def test_tile_size_and_device_checked_when_built(checkpoint):

@@ -613,16 +613,15 @@ def test_real_checkpoint_end_to_end(tiny_checkpoint):
             expected.ravel(), minlength=3).tolist()
 
 
-def test_image_smaller_than_the_model_takes_is_422(tiny_checkpoint):
-    # The depth-2 U-Net pools twice: a side under 4 px used to crash inside the model (500).
+def test_image_smaller_than_the_model_takes_is_padded(tiny_checkpoint):
+    # The depth-2 U-Net pools twice: a side under 4 px used to crash inside the model (500),
+    # then was refused (422); it is now mirrored out to 4 px and the mask cropped back.
     predictor = Predictor(tiny_checkpoint, backend="torch")
     with TestClient(create_app(predictor), raise_server_exceptions=False) as c:
-        for h, w in [(1, 1), (3, 40)]:
+        for h, w in [(1, 1), (3, 40), (4, 40)]:
             r = post_file(c, png_bytes(np.full((h, w, 3), 90, dtype=np.uint8)))
-            assert r.status_code == 422, r.text
-            assert "too small" in r.json()["error"]
-        r = post_file(c, png_bytes(np.full((4, 40, 3), 90, dtype=np.uint8)))
-        assert r.status_code == 200
+            assert r.status_code == 200, r.text
+            assert Image.open(io.BytesIO(r.content)).size == (w, h)
 
 
 def test_serve_help_ends_with_example():

@@ -10,7 +10,8 @@ The rules, and why (figures in ``recipes/README.md``):
 
 - **Crop**: the largest multiple of 32 that fits the median image side, at most
   :data:`MAX_CROP` (on a CPU budget, more steps on 256 px crops beat fewer larger ones),
-  at least 64. **Batch**: :data:`BATCH` (BatchNorm needs a few samples; more costs steps).
+  at least 64. **Batch**: :data:`BATCH` (BatchNorm needs a few samples; more costs steps), or
+  the number of training images when there are fewer (a batch the data can fill).
 - **Model**: colour images with three or more classes (scenes) get the ResNet34 U-Net with a
   concatenating decoder, whose deep encoder sees the context that scene classes need; other
   data (binary masks, grey or multi-band images: vessels, cells, membranes) get the padded
@@ -91,8 +92,14 @@ def fingerprint(spec, split: str = "train", max_images: int = MAX_IMAGES) -> Fin
     return Fingerprint(num_images=stats.count, median_size=median, channels=spec.channels,
                        num_classes=spec.num_classes, class_frequency=freq,
                        class_weights=list(stats.class_weights),
-                       foreground_fraction=float(1.0 - freq[0]) if freq else 0.0,
+                       foreground_fraction=_foreground(stats.class_pixels),
                        mean=list(stats.mean), std=list(stats.std))
+
+
+def _foreground(class_pixels: list[int]) -> float:
+    """Share of the labelled pixels not of class 0 (0 when no pixel is labelled)."""
+    total = sum(class_pixels)
+    return float(sum(class_pixels[1:]) / total) if total else 0.0
 
 
 # AdamW learning rate of each planned model, measured under the budgets (module text).
@@ -120,6 +127,11 @@ def find_pretrained() -> tuple[str, str] | None:
 def crop_size(fp: Fingerprint) -> int:
     side = min(fp.median_size)
     return int(min(MAX_CROP, max(MIN_CROP, side // 32 * 32)))
+
+
+def batch_size(fp: Fingerprint) -> int:
+    """:data:`BATCH`, or fewer when the training split has fewer images (one full batch)."""
+    return max(1, min(BATCH, fp.num_images))
 
 
 def is_scene(fp: Fingerprint) -> bool:
@@ -183,7 +195,7 @@ def plan(fp: Fingerprint, spec: dict[str, Any], minutes: float, val_split: str |
     return {
         "model": model,
         "data": {"spec": spec, "train_split": "train", "val_split": val_split,
-                 "crop_size": crop, "batch_size": BATCH, "workers": 0},
+                 "crop_size": crop, "batch_size": batch_size(fp), "workers": 0},
         "augment": augment_section(fp),
         "optim": optim,
         "loss": loss_section(fp),

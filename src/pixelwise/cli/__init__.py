@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from ..errors import PixelwiseError
+from ..errors import PixelwiseError, worker_message
 
 # subcommand -> one-line help. Each lives in ``pixelwise/cli/<name>.py`` as a click object
 # named ``command``, imported only when run, so `pixelwise --help` stays fast and an optional
@@ -70,5 +70,5 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="pixelwise", standalone_mode=True)
     except PixelwiseError as e:
-        click.echo(f"error: {e}", err=True)
+        click.echo(f"error: {worker_message(str(e))}", err=True)
         sys.exit(1)

@@ -35,14 +35,19 @@ def _spec(spec: str, root: str | None):
               help="Decode at most N samples per split for the statistics.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the report as JSON to this file.")
+@click.option("--min-size", type=click.IntRange(min=1), default=None,
+              help="The smallest image side the model takes (a depth-d padded U-Net: 2**d); "
+                   "smaller images are problems. `pixelwise train` checks this itself.")
 def check(spec: str, root: str | None, splits: tuple[str, ...], max_images: int | None,
-          json_path: str | None) -> None:
+          json_path: str | None, min_size: int | None) -> None:
     """Check every file of a dataset and print statistics, then every problem found.
 
     Problems (each naming its file): missing or extra masks, size mismatches, label values
-    not in the spec, unreadable or truncated files, images over the pixel limit. For
-    annotation files (LabelMe, COCO, CVAT): the shapes per class, the images without
-    annotations, and each bad shape (unknown label, degenerate, wrong size, unknown version).
+    not in the spec, unreadable or truncated files, images over the pixel limit, masks with
+    no labelled pixel, files found twice through directory links, empty split lists, and
+    with --min-size images smaller than the model takes. For annotation files (LabelMe,
+    COCO, CVAT): the shapes per class, the images without annotations, and each bad shape
+    (unknown label, degenerate, wrong size, unknown version).
     Exit code 0 when clean, 1 when a problem was found.
 
     \b
@@ -52,7 +57,8 @@ def check(spec: str, root: str | None, splits: tuple[str, ...], max_images: int 
     from ..data.check import check_dataset, format_report
     from ..io import atomic_write_json
 
-    report = check_dataset(_spec(spec, root), splits=list(splits) or None, max_images=max_images)
+    report = check_dataset(_spec(spec, root), splits=list(splits) or None, max_images=max_images,
+                           min_size=min_size)
     click.echo(format_report(report))
     if json_path:
         atomic_write_json(json_path, report.to_dict())
@@ -76,9 +82,13 @@ def stats(spec: str, root: str | None, split: str, max_images: int | None) -> No
     """
     from ..data.check import check_dataset
 
-    from ..errors import DataError
+    from ..errors import ConfigError, DataError
 
-    report = check_dataset(_spec(spec, root), splits=[split], max_images=max_images)
+    loaded = _spec(spec, root)
+    if split not in loaded.split_names:
+        raise ConfigError(f"--split: no split {split!r} in dataset {loaded.name!r} (have "
+                          f"{', '.join(loaded.split_names)})")
+    report = check_dataset(loaded, splits=[split], max_images=max_images)
     st = report.splits[split]
     if not st.sizes:
         # Zeros (std 0 included) pasted into a spec would be wrong or rejected later.

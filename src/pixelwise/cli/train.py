@@ -70,6 +70,7 @@ def _planned_config(spec: str, root: str | None, minutes: float, overrides: list
 
     from ..config import dump_config, load_config
     from ..data import load_spec
+    from ..engine.preflight import preflight
     from ..io import atomic_write_json
     from ..plan import find_pretrained, fingerprint, plan
 
@@ -95,5 +96,6 @@ def _planned_config(spec: str, root: str | None, minutes: float, overrides: list
                    f"{fp.median_size[0]}x{fp.median_size[1]}, {fp.num_classes} classes, "
                    f"foreground {fp.foreground_fraction:.1%}):")
         click.echo(dump_config(cfg))
+    preflight(cfg)  # a plan refused later would leave a run folder with only the fingerprint
     atomic_write_json(cfg.run_dir / "fingerprint.json", fp.to_dict())
     return cfg

@@ -18,7 +18,7 @@ from ..errors import DataError, PixelwiseError
 from ..preprocess import scale_to_unit
 from .dataset import load_sample
 from .readers import image_size
-from .listing import Sample, glob_images, mask_glob, resolve_split, spec_path
+from .listing import Sample, glob_files, glob_images, mask_glob, resolve_split, spec_path
 from .spec import DatasetSpec, SplitSpec, load_spec
 from .annotations import format_summary, is_annotation, sample_problems, split_problems
 from .annotations import split_summary
@@ -89,15 +89,14 @@ def _extra_masks(spec: DatasetSpec, split: str) -> list[str]:
             continue  # reported by that split's own check
         for s in samples:
             referenced.update(s.mask if isinstance(s.mask, tuple) else [s.mask])
-    import glob
-
-    found = {Path(p) for p in glob.glob(pattern) if Path(p).is_file()}
+    found = set(glob_files(pattern)[0])
     return [f"{p}: extra mask with no matching image (split {base!r} or any other)"
             for p in sorted(found - referenced)]
 
 
 def _symlink_problems(spec: DatasetSpec, split: str) -> list[str]:
-    """Image or mask links that lead nowhere: the split's globs skip them as non-files."""
+    """Image or mask links that lead nowhere (the split's globs skip them as non-files), and
+    files reached twice through directory links (the globs count them once)."""
     import errno
     import glob
 
@@ -116,6 +115,12 @@ def _symlink_problems(spec: DatasetSpec, split: str) -> list[str]:
             what = "symlink loop" if e.errno == errno.ELOOP else \
                 f"broken symlink (to {os.readlink(path)})"
             problems.append(f"{path}: {what}, skipped by split {split!r}")
+    for pattern in patterns:
+        duplicates = glob_files(pattern)[1] if pattern else []
+        if duplicates:
+            problems.append(f"{duplicates[0]}: the same file as another match of {pattern} "
+                            f"(through a directory link); {len(duplicates)} such path(s) "
+                            f"counted once in split {split!r}")
     return problems
 
 
@@ -166,6 +171,21 @@ def quick_check(spec: DatasetSpec | dict | str, split: str) -> int:
         raise DataError(f"{len(problems)} problem(s) in split {split!r} of dataset "
                         f"{spec.name!r}:\n" + "\n".join(f"  - {p}" for p in problems))
     return len(samples)
+
+
+def small_images(spec: DatasetSpec, samples: list[Sample], minimum: int) -> list[str]:
+    """A problem for each image with a side under ``minimum`` pixels (headers only): whole
+    images that a model taking at least ``minimum`` pixels per side would refuse."""
+    problems = []
+    for s in samples:
+        try:
+            height, width = image_size(s.image, spec.max_pixels)
+        except DataError:
+            continue  # unreadable: the header check reports it
+        if min(height, width) < minimum:
+            problems.append(f"{s.image}: {width}x{height} is under the model's smallest input "
+                            f"({minimum} pixels a side)")
+    return problems
 
 
 def median_frequency_weights(class_pixels: np.ndarray, present_pixels: np.ndarray) -> list[float]:
@@ -235,6 +255,12 @@ def _split_stats(spec: DatasetSpec, samples: list[Sample], problems: list[str]) 
         sizes[f"{mask.shape[0]}x{mask.shape[1]}"] += 1
         labelled = mask[mask != spec.ignore_index]
         ignored += mask.size - labelled.size
+        if labelled.size == 0 and s.mask is not None:
+            # Nothing to learn from or score: usually a mask encoding that maps every value to
+            # the ignore index. (A split without masks is unlabelled on purpose.)
+            problems.append(f"{s.mask if isinstance(s.mask, Path) else s.image}: no labelled "
+                            f"pixel (all {mask.size} are ignore_index {spec.ignore_index} after "
+                            f"the mask encoding{' and valid region' if s.valid else ''})")
         counts = np.bincount(labelled, minlength=n)[:n]
         class_pixels += counts
         present_pixels[counts > 0] += labelled.size
@@ -253,7 +279,7 @@ def _split_stats(spec: DatasetSpec, samples: list[Sample], problems: list[str]) 
 
 
 def check_dataset(spec: DatasetSpec | dict | str, splits: list[str] | None = None,
-                  max_images: int | None = None) -> DataReport:
+                  max_images: int | None = None, min_size: int | None = None) -> DataReport:
     """Full check: decode every image and mask of the splits and gather statistics.
 
     Args:
@@ -261,6 +287,7 @@ def check_dataset(spec: DatasetSpec | dict | str, splits: list[str] | None = Non
         splits: split names (default: all, holdout splits included).
         max_images: decode at most this many samples per split (statistics on a prefix;
             the cheap checks still cover every file).
+        min_size: the smallest image side the model takes; smaller images are problems.
 
     Returns:
         A :class:`DataReport`; ``report.ok`` is False when any problem was found.
@@ -283,7 +310,7 @@ def check_dataset(spec: DatasetSpec | dict | str, splits: list[str] | None = Non
             continue
         unreadable: set[Path] = set()
         samples, found, bad = _split_problems(spec, split, unreadable)
-        problems += found
+        problems += found + (small_images(spec, samples, min_size) if min_size else [])
         # Samples already reported by the cheap check are not decoded again.
         decodable = [s for s in samples if s.image not in bad]
         stats[split] = _split_stats(spec, decodable[:max_images], problems)

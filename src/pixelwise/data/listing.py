@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 import glob
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,10 +56,44 @@ def spec_path(root: Path, rel: str) -> Path:
     return root / Path(rel).expanduser()
 
 
+def glob_files(pattern: str) -> tuple[list[Path], list[Path]]:
+    """Files matching ``pattern`` (sorted), each real file once, and the other paths to a file
+    already found. A recursive ``**`` follows directory links, so a link to a parent folder
+    (``loop -> .``) would otherwise give every image again under ``loop/``, ``loop/loop/``..."""
+    files, duplicates, seen = [], [], set()
+    for path in sorted(Path(f) for f in glob.glob(pattern, recursive=True)):
+        if not path.is_file():
+            continue
+        real = os.path.realpath(path)
+        if real in seen:
+            duplicates.append(path)
+        else:
+            seen.add(real)
+            files.append(path)
+    return files, duplicates
+
+
 def glob_images(spec: DatasetSpec, s: SplitSpec) -> list[Path]:
-    return sorted(p for p in (Path(f) for f in glob.glob(str(spec_path(spec.root, s.images)),
-                                                          recursive=True))
-                  if p.is_file() and not any(fnmatch.fnmatch(p.name, x) for x in s.exclude))
+    files, _ = glob_files(str(spec_path(spec.root, s.images)))
+    return [p for p in files if not any(fnmatch.fnmatch(p.name, x) for x in s.exclude)]
+
+
+def _list_line(line: str) -> tuple[str, str | None] | None:
+    """One line of a split list: ``(id, None)``, ``(image, mask)`` or None (blank, comment).
+
+    A line is one id, spaces included (``my image``). A pair is ``image<TAB>mask``, or VOC's
+    train_aug form: two paths under the root, each starting with "/", separated by a space.
+    """
+    text = line.strip()
+    if not text or text.startswith("#"):
+        return None
+    if "\t" in text:
+        image, _, mask = text.partition("\t")
+        return image.strip(), mask.strip() or None
+    parts = text.split(" ")
+    if len(parts) == 2 and all(p.startswith("/") for p in parts):
+        return parts[0], parts[1]
+    return text, None
 
 
 def _list_pairs(spec: DatasetSpec, s: SplitSpec, key: str) -> list[tuple[Path, Path | None]]:
@@ -67,15 +102,18 @@ def _list_pairs(spec: DatasetSpec, s: SplitSpec, key: str) -> list[tuple[Path, P
         path = spec_path(spec.root, list_file)
         if not path.is_file():
             raise DataError(f"{path}: split list not found ({key}.list)")
+        before = len(pairs)
         for line in path.read_text().splitlines():
-            tokens = line.split()
-            if not tokens or tokens[0].startswith("#"):
+            entry = _list_line(line)
+            if entry is None:
                 continue
-            if len(tokens) >= 2:  # "image mask" pairs, as in VOC's train_aug lists
-                pairs.append((_under(spec.root, tokens[0]), _under(spec.root, tokens[1])))
+            if entry[1] is not None:
+                pairs.append((_under(spec.root, entry[0]), _under(spec.root, entry[1])))
             else:
-                rel = _fill(s.images, {"id": tokens[0]}, f"{key}.images")
+                rel = _fill(s.images, {"id": entry[0]}, f"{key}.images")
                 pairs.append((spec_path(spec.root, rel), None))
+        if len(pairs) == before:  # as an image glob that matches nothing
+            raise DataError(f"{path}: split list has no ids ({key}.list)")
     return pairs
 
 
@@ -104,7 +142,7 @@ def resolve_split(spec: DatasetSpec, split: str) -> list[Sample]:
         if mask is None and s.masks is not None:
             rel = _fill(s.masks, fields, f"{key}.masks")
             if spec.mask.encoding == "instances" and _GLOB_CHARS.search(rel):
-                mask = tuple(sorted(Path(p) for p in glob.glob(str(spec_path(spec.root, rel)))))
+                mask = tuple(glob_files(str(spec_path(spec.root, rel)))[0])
             else:
                 mask = spec_path(spec.root, rel)
         valid = spec_path(spec.root, _fill(s.valid, fields, f"{key}.valid")) if s.valid else None

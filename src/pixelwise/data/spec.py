@@ -46,6 +46,11 @@ A mask stored beside its image (liver: ``train/000.png`` and ``train/000_mask.pn
 matches and that is the mask of another matched image is not an image. ``exclude`` (file-name
 globs) leaves out other files. A split marked ``optional: true`` (a preset's test split) may be
 absent from a copy of the data; every other split must have files.
+
+A split ``list`` file names one sample per line: the whole line (trimmed) is the ``{id}``,
+spaces included (``my image``); blank lines and lines starting with ``#`` are skipped. A line
+``image<TAB>mask`` is a pair of paths under the root, as is VOC's train_aug form, two paths
+each starting with "/" separated by one space. A list without any id is an error.
 """
 from __future__ import annotations
 

@@ -10,8 +10,9 @@ rank 0 merges everything into ``summary.json`` once every process is done. With
 entry is read back from them), so a killed job rerun with the same line does only the rest;
 the outputs are written atomically, so one that is there is whole.
 
-An input that cannot be read (not an image, truncated, empty) is listed with its reason under
-``failed`` in the summary and reported through ``on_failure``; the others go on.
+An input that fails (not an image, truncated, empty, missing, out of memory, any error) is
+listed with its reason under ``failed`` in the summary and reported through ``on_failure``;
+the others go on, and the command exits non-zero at the end.
 """
 from __future__ import annotations
 
@@ -160,8 +161,8 @@ def run_jobs(predictor: Predictor, jobs: Sequence[Job], output_dir: str | os.Pat
             if entry is None:
                 entry = _predict(predictor, job, out, opts)
             results.done.append((job.index, job.kind, entry))
-        except (PixelwiseError, ValueError, OSError) as e:
-            message = str(e) if str(job.path) in str(e) else f"{job.path}: {e}"
+        except Exception as e:  # noqa: BLE001  (one input's failure must not stop the rest)
+            message = failure_message(job.path, e)
             if fail_fast:
                 raise DataError(message) from e
             results.failed.append((job.index, {"input": str(job.path), "error": message}))
@@ -170,6 +171,17 @@ def run_jobs(predictor: Predictor, jobs: Sequence[Job], output_dir: str | os.Pat
         if progress is not None:
             progress(done, len(jobs))
     return results
+
+
+def failure_message(path: Path, error: Exception) -> str:
+    """One line for an input that failed, naming it. Errors outside pixelwise's own family
+    and ValueError / OSError (out of memory above all) name their type."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if isinstance(error, MemoryError) or "can't allocate" in text or "not enough memory" in text:
+        text = f"out of memory ({text or 'MemoryError'})"
+    elif not isinstance(error, (PixelwiseError, ValueError, OSError)):
+        text = f"{type(error).__name__}: {text}"
+    return text if str(path) in text else f"{path}: {text}"
 
 
 def write_summary(predictor: Predictor, results: Results, output_dir: str | os.PathLike,

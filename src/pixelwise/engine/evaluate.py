@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import Checkpoint, load_checkpoint
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..io import atomic_write_json
 from ..metrics import SUMMARY_METRICS
 from .distributed import resolve_device
@@ -108,14 +108,22 @@ def evaluate(checkpoint: str | os.PathLike | Checkpoint, spec: Any, split: str =
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     dataset = SegmentationDataset(spec, split)
     _check_classes(ckpt, dataset)
+    if len(dataset) == 0:  # every metric would be n/a: not a result
+        raise DataError(f"split {split!r} of dataset {dataset.spec.name!r} has no images: "
+                        f"nothing to evaluate")
     predict = _mask_predictor(ckpt, resolve_device(device), tile_size, overlap, threshold)
     cm, per_image, kept, worst = _score_split(dataset, predict, boundary_tolerance,
                                               num_examples, num_worst, progress)
     binary = dataset.num_classes == 2
     bf_scores = [e["boundary_f1"] for e in per_image]
     hd_scores = [e["hausdorff95"] for e in per_image] if binary else []
-    metrics = cm.compute()
     mat = cm.mat.cpu()
+    if int(mat.sum()) == 0:
+        raise DataError(f"split {split!r} of dataset {dataset.spec.name!r}: no labelled pixel "
+                        f"in its {len(dataset)} mask(s) (all ignore_index "
+                        f"{dataset.ignore_index}), so no metric; `pixelwise data check` names "
+                        f"the files")
+    metrics = cm.compute()
     result: dict[str, Any] = {
         "checkpoint": str(ckpt.path) if ckpt.path else None,
         "dataset": dataset.spec.name, "split": split, "num_images": len(dataset),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -28,10 +29,13 @@ from ..visualize import overlay
 from .backend import open_backend
 from .forward import (DEFAULT_THRESHOLD, check_threshold, labels_from_probabilities,
                       probabilities, whole_image_logits)
-from .tiling import sliding_window
+from .tiling import mirror_pad, sliding_window
 
 FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,))  # none, horizontal, vertical
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".npy")
+
+
+LABEL_ROWS = 512  # rows labelled at a time (see Predictor.to_prediction)
 
 
 @dataclass
@@ -176,7 +180,13 @@ class Predictor:
         return probabilities(self.logits(x))
 
     def _infer(self, x: torch.Tensor) -> torch.Tensor:
-        """Probabilities ``(N, K, H, W)`` at the input's size, tiled as configured."""
+        """Probabilities ``(N, K, H, W)`` at the input's size, tiled as configured; an input
+        under the model's smallest size is mirrored out to it, and the result cropped back."""
+        height, width = x.shape[-2:]
+        if not self.shrinks and min(height, width) < self.min_input_size:
+            grown = mirror_pad(x, 0, max(self.min_input_size - height, 0), 0,
+                               max(self.min_input_size - width, 0))
+            return self._infer(grown)[..., :height, :width]
         if self.tile_size is None:
             return probabilities(whole_image_logits(self.logits, x, self.shape_model))
         if self.shrinks:
@@ -204,6 +214,7 @@ class Predictor:
             xs = x
             if scale != 1.0:
                 size = (max(1, round(height * scale)), max(1, round(width * scale)))
+                self._check_scaled(scale, (height, width), size)
                 xs = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
             for dims in self.flips:
                 p = self._infer(xs.flip(dims) if dims else xs)
@@ -212,17 +223,41 @@ class Predictor:
                     p = F.interpolate(p, size=(height, width), mode="bilinear",
                                       align_corners=False)
                 total = p if total is None else total + p
-        return total / (len(self.scales) * len(self.flips))
+        views = len(self.scales) * len(self.flips)
+        return total if views == 1 else total / views  # no copy of a huge image's one view
+
+    def _check_scaled(self, scale: float, size: tuple[int, int], scaled: tuple[int, int]) -> None:
+        """Refuse a test-time scale that shrinks an image the model takes below its smallest
+        input (an image that small as given is padded instead: the user chose it)."""
+        minimum = self.min_input_size
+        if not self.shrinks and min(scaled) < minimum <= min(size):
+            raise ValueError(f"scale {scale:g} (--scales) turns the {size[1]}x{size[0]} image "
+                             f"into {scaled[1]}x{scaled[0]}, under the smallest input of "
+                             f"{self.meta['model_name']} ({minimum} pixels a side); use "
+                             f"scales of at least {minimum / min(size):.3g}")
 
     def to_prediction(self, probs: torch.Tensor) -> Prediction:
         """``(K, H, W)`` probabilities -> :class:`Prediction` (argmax, or the threshold)."""
-        mask = labels_from_probabilities(probs[None], self.threshold)[0]
-        mask = mask.to(torch.uint8) if self.num_classes <= 256 else mask
+        dtype = torch.uint8 if self.num_classes <= 256 else torch.int64
+        mask = torch.empty(probs.shape[-2:], dtype=dtype)
+        # By bands of rows: the labels come as int64, 8 bytes a pixel for the whole image.
+        for top in range(0, probs.shape[-2], LABEL_ROWS):
+            rows = probs[None, :, top:top + LABEL_ROWS]
+            mask[top:top + LABEL_ROWS] = labels_from_probabilities(rows, self.threshold)[0]
         return Prediction(mask=mask.numpy(), probs=probs.float().numpy())
 
     def prepare(self, image: np.ndarray) -> torch.Tensor:
-        """``(H, W[, C])`` image -> normalised ``(C, H, W)`` tensor (grey <-> RGB adapted)."""
+        """``(H, W[, C])`` image -> normalised ``(C, H, W)`` tensor (grey <-> RGB adapted).
+
+        Raises:
+            ValueError: NaN or infinite pixels (a float image's no-data): refused rather than
+                predicted, as they would spread through the network's receptive field.
+        """
         image = np.asarray(image)
+        if image.dtype.kind in "fc" and not np.isfinite(image).all():
+            bad = int(image.size - np.count_nonzero(np.isfinite(image)))
+            raise ValueError(f"{bad} of {image.size} pixel values are not finite (NaN or "
+                             f"infinite); replace them (e.g. with 0) before predicting")
         if image.ndim == 2:
             image = image[..., None]
         if image.ndim == 3 and image.shape[-1] != self.in_channels and image.shape[-1] in (1, 3) \
@@ -260,9 +295,11 @@ def collect_inputs(inputs: Iterable[str | os.PathLike],
     """Expand files, folders (their images, sorted) and glob patterns into image paths
     (``suffixes``: the file endings that folders and globs contribute).
 
+    A file name that is not there (no glob characters) is kept: it fails alone when it is
+    predicted, reported with the other failed inputs, and does not stop the rest.
+
     Raises:
-        DataError: an input that is no file, no folder and matches nothing, or a folder
-            without images.
+        DataError: a glob pattern that matches no image, or a folder without images.
     """
     paths: list[Path] = []
     for item in inputs:
@@ -274,7 +311,7 @@ def collect_inputs(inputs: Iterable[str | os.PathLike],
                 raise DataError(f"{path}: folder holds no images "
                                 f"({', '.join(suffixes)})")
             paths.extend(found)
-        elif path.is_file():
+        elif path.is_file() or not re.search(r"[*?\[]", str(item)):
             paths.append(path)
         else:
             matches = sorted(Path(p) for p in glob.glob(str(item), recursive=True))

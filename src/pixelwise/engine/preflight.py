@@ -4,8 +4,8 @@ A config can validate field by field and still fail minutes later: a U-Net too d
 crop, a GPU that is not there, an optimiser argument PyTorch refuses, a loss that does not fit
 the model's outputs. :func:`preflight` tries each of these cheaply, before the run folder is
 made: the model is built on the meta device (shapes only; see :mod:`pixelwise.models.probe`),
-the loss runs once on a few zeros, and no image is read. Every failure is one line naming the
-dotted config key.
+the loss runs once on a few zeros, and of the data only the listing and image headers are
+read. Every failure is one line naming the dotted config key (or the data file).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from ..config import RunConfig
-from ..errors import ConfigError, PixelwiseError
+from ..errors import ConfigError, DataError, PixelwiseError
 from ..models import geometry
 from ..models.probe import meta_forward, meta_model, min_input_size
 
@@ -54,8 +54,9 @@ def preflight(cfg: RunConfig) -> None:
     Checks, in order: ``train.device`` (and ``train.amp_dtype``, ``train.sync_batchnorm``)
     against this machine; ``output.dir``; ``data.spec`` and its splits; ``augment``;
     ``model.kwargs`` (the model is built on the meta device); ``data.crop_size`` against the
-    model's smallest input and, with BatchNorm, ``data.batch_size``; ``loss`` against the
-    model's outputs; ``optim`` arguments PyTorch would refuse.
+    model's smallest input and, with BatchNorm, ``data.batch_size``; the splits' files (enough
+    training images for a step, whole images the model takes; listing and headers only);
+    ``loss`` against the model's outputs; ``optim`` arguments PyTorch would refuse.
 
     Raises:
         ConfigError: the first problem found, naming the dotted key.
@@ -66,6 +67,7 @@ def preflight(cfg: RunConfig) -> None:
     spec = _check_data(cfg)
     model, kwargs = _check_model(cfg, spec)
     outputs = _check_geometry(cfg, model, kwargs.get("in_channels", spec.channels))
+    _check_splits(cfg, spec, model, kwargs.get("in_channels", spec.channels))
     _check_loss(cfg, outputs, spec.ignore_index)
     _check_optim(cfg)
 
@@ -146,6 +148,34 @@ def _check_geometry(cfg: RunConfig, model: nn.Module, in_channels: int) -> int:
     except (ValueError, RuntimeError) as e:
         raise ConfigError(f"data.batch_size: {cfg.data.batch_size} x {height}x{width} crops "
                           f"fail in {cfg.model.name}'s training pass: {_first_line(e)}") from None
+
+
+def _check_splits(cfg: RunConfig, spec, model: nn.Module, in_channels: int) -> None:
+    """The splits' files, from the listing and image headers only: enough training images for
+    one optimiser step, and whole images (validation, training without a crop) that the
+    model takes."""
+    from ..data.check import nothing_found, small_images
+    from .sampling import check_batches
+
+    empty = nothing_found(spec)  # a wrong root: name every glob and list tried
+    if empty is not None:
+        raise DataError(empty)
+    train = spec.resolve(cfg.data.train_split)  # DataError: no images, empty list file
+    check_batches(cfg, len(train), int(os.environ.get("WORLD_SIZE", "1")))
+    whole = {"data.val_split": cfg.data.val_split}
+    if cfg.train_crop is None:
+        whole["data.train_split"] = cfg.data.train_split
+    if geometry.shrinks(model):
+        return  # valid-convolution models mirror any image out to their input size
+    minimum = min_input_size(model, in_channels)
+    for key, split in whole.items():
+        if split is None or minimum <= 1:
+            continue
+        problems = small_images(spec, spec.resolve(split), minimum)
+        if problems:
+            raise ConfigError(f"{key}: {len(problems)} image(s) of split {split!r} are too small "
+                              f"for {cfg.model.name} with these model.kwargs, e.g. "
+                              f"{problems[0]}")
 
 
 def _first_line(error: BaseException) -> str:

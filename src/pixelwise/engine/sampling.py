@@ -148,6 +148,22 @@ def batches_per_epoch(num_samples: int, batch_size: int, world_size: int, grad_a
     return steps * grad_accum
 
 
+def check_batches(cfg: RunConfig, num_samples: int, world_size: int) -> int:
+    """Batches per epoch of each process (:func:`batches_per_epoch`).
+
+    Raises:
+        ConfigError: the training set gives no complete optimiser step.
+    """
+    d, o = cfg.data, cfg.optim
+    n_batches = batches_per_epoch(num_samples, d.batch_size, world_size, o.grad_accum,
+                                  cfg.train.steps_per_epoch)
+    if n_batches == 0:
+        raise ConfigError(f"data.batch_size: {num_samples} training images give no complete "
+                          f"step of batch_size={d.batch_size} x grad_accum={o.grad_accum} "
+                          f"x {world_size} process(es)")
+    return n_batches
+
+
 def build_loaders(cfg: RunConfig, train_ds, val_ds, transform,
                   info: ddp.DistInfo) -> tuple[DataLoader, DataLoader | None]:
     """The training loader (an :class:`EpochBatchSampler` over a :class:`SeededDataset`) and
@@ -156,13 +172,8 @@ def build_loaders(cfg: RunConfig, train_ds, val_ds, transform,
     Raises:
         ConfigError: the training set gives no complete optimiser step.
     """
-    d, o = cfg.data, cfg.optim
-    n_batches = batches_per_epoch(len(train_ds), d.batch_size, info.world_size, o.grad_accum,
-                                  cfg.train.steps_per_epoch)
-    if n_batches == 0:
-        raise ConfigError(f"data.batch_size: {len(train_ds)} training images give no complete "
-                          f"step of batch_size={d.batch_size} x grad_accum={o.grad_accum} "
-                          f"x {info.world_size} process(es)")
+    d = cfg.data
+    n_batches = check_batches(cfg, len(train_ds), info.world_size)
     pin = info.device.type == "cuda"
     sampler = EpochBatchSampler(train_ds, d.batch_size, n_batches, cfg.train.seed,
                                 info.rank, info.world_size)

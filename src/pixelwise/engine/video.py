@@ -194,8 +194,9 @@ def video_entry_from_outputs(path: Path, out: Path, stem: str, mask_video: bool,
     outputs = video_outputs(stem, mask_video)
     with open(out / outputs[1], newline="") as f:
         rows = list(csv.reader(f))
-    if rows[0] != ["frame", "time_s", *names]:
-        raise DataError(f"{out / outputs[1]}: columns are not this model's classes")
+    if not rows or rows[0] != ["frame", "time_s", *names]:  # empty: a run killed early
+        raise DataError(f"{out / outputs[1]}: no header, or columns that are not this "
+                        f"model's classes")
     totals = np.array([[int(v) for v in row[2:]] for row in rows[1:]],
                       dtype=np.int64).reshape(-1, len(names)).sum(axis=0)
     with _av().open(str(out / outputs[0])) as container:

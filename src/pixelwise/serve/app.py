@@ -57,7 +57,8 @@ def describe_predictor(predictor: Any) -> dict[str, Any]:
         "in_channels": attr("in_channels"),
         "backend": attr("backend", "unknown"),
         # Tiling: images larger than tile_size are predicted in overlapping tiles; an image
-        # (or tile) needs at least min_input_size pixels a side, the model's own minimum.
+        # (or tile) smaller than min_input_size pixels a side, the model's own minimum, is
+        # mirrored out to it and the result cropped back.
         "tile_size": attr("tile_size"),
         "overlap": attr("overlap"),
         "min_input_size": attr("min_input_size"),
@@ -215,7 +216,7 @@ async def _predict(service: Service, request: Request, wants_json: bool) -> Resp
     except asyncio.TimeoutError:
         return _error(504, f"prediction took longer than {limits.request_timeout_s:g} s")
     except (ValueError, PixelwiseError) as e:
-        # The model cannot take this image (too small for its depth, wrong channels...).
+        # The model cannot take this image (NaN pixels, a scale too small, wrong channels...).
         return _error(422, f"cannot predict this image: {e}")
     if mask.shape != decoded.size:
         return _error(500, f"model returned a {mask.shape} mask for a {decoded.size} image")
