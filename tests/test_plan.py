@@ -96,6 +96,8 @@ def test_sqrt_weights_keep_unseen_classes_at_zero():
 
 
 def test_planned_run_writes_a_config_that_reruns(tmp_path, monkeypatch, one_thread):
+    # from scratch here (the pretrained plan: tests/test_pretrained.py)
+    monkeypatch.setattr("pixelwise.plan.find_pretrained", lambda: None)
     spec = write_known_dataset(tmp_path / "data", n=4, shape=(64, 64))
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(cli, ["train", "--data", str(spec), "--minutes", "0.05",
@@ -129,8 +131,9 @@ def test_the_default_recipes_are_what_the_planner_plans(name):
         pytest.skip(f"{root} not present")
     recipe = load_config(REPO / "recipes" / f"{name}.yaml")
     fp = fingerprint({"preset": name, "root": str(root)})
+    # the recipes are the plans on a machine with the ImageNet weights (the test extra)
     planned = load_config(raw=plan(fp, {"preset": name, "root": "../shared/data/" + name},
-                                   recipe.train.max_minutes))
+                                   recipe.train.max_minutes, pretrained="efficientnet_lite0"))
     for section in ("model", "augment", "optim", "loss"):
         assert getattr(planned, section) == getattr(recipe, section), section
     assert planned.data.model_dump() == recipe.data.model_dump()

@@ -160,7 +160,7 @@ def test_normalisation_carried_from_encoder_to_checkpoint_predict_and_onnx(
     path = export_onnx(ckpt, tmp_path / "m.onnx")
     meta = read_onnx_metadata(path)
     assert meta["mean"] == [0.5] * 3 and meta["std"] == [0.5] * 3
-    onnx = Predictor(path, backend="onnx")
+    onnx = Predictor(path, backend="onnxruntime")
     image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
     np.testing.assert_array_equal(onnx.predict(image).mask, predictor.predict(image).mask)
 
