@@ -70,14 +70,14 @@ def memory_mb() -> dict:
 
 def build_runner(spec: dict):
     """A callable ``f(x: Tensor) -> Tensor`` for the spec's model and configuration."""
-    from pixelwise.engine.optimize import optimize_for_inference
+    from pixelwise.fast.optimize import optimize_for_inference
     from pixelwise.models import build_model
 
     config = spec["config"]
     if config == "ort":
         import numpy as np
 
-        from pixelwise.engine.backend import make_ort_session
+        from pixelwise.inference.backend import make_ort_session
 
         session = make_ort_session(spec["onnx"], threads=spec["threads"])
         name = session.get_inputs()[0].name
@@ -172,7 +172,7 @@ def count_flops(model: str, kwargs: dict, size: int) -> float:
 
 def export_onnx_file(model: str, kwargs: dict, folder: Path) -> Path:
     """Export the benchmark model (random weights, seed 0) once, outside the timed processes."""
-    from pixelwise.checkpoint import Checkpoint
+    from pixelwise.io.checkpoint import Checkpoint
     from pixelwise.export import export_onnx
     from pixelwise.models import build_model
 

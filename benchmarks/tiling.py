@@ -31,8 +31,8 @@ MODEL = "unet"
 
 
 def worker(spec: dict) -> dict:
-    from pixelwise.checkpoint import Checkpoint
-    from pixelwise.engine.predict import Predictor
+    from pixelwise.io.checkpoint import Checkpoint
+    from pixelwise.inference.predict import Predictor
     from pixelwise.models import build_model
 
     torch.set_num_threads(spec["threads"])

@@ -151,11 +151,11 @@ def plain_step(name: str):
 
 
 def pixelwise_step(name: str):
-    from pixelwise.config import load_config
-    from pixelwise.engine.allocator import tune_malloc
-    from pixelwise.engine.forward import whole_image_logits
-    from pixelwise.engine.schedule import build_optimizer
-    from pixelwise.engine.setup import build_run_model
+    from pixelwise.io.config import load_config
+    from pixelwise.fast.allocator import tune_malloc
+    from pixelwise.inference.forward import whole_image_logits
+    from pixelwise.training.schedule import build_optimizer
+    from pixelwise.training.setup import build_run_model
     from pixelwise.losses import build_loss
 
     tune_malloc()

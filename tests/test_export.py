@@ -7,13 +7,13 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from pixelwise.checkpoint import load_checkpoint, save_checkpoint
+from pixelwise.io.checkpoint import load_checkpoint, save_checkpoint
 from pixelwise.data.synthetic import generate_sample
-from pixelwise.engine.backend import make_ort_session, read_onnx_metadata
+from pixelwise.inference.backend import make_ort_session, read_onnx_metadata
 from pixelwise.errors import CheckpointError, PixelwiseError
 from pixelwise.export import TOLERANCE, export_onnx, export_torchscript, load_torchscript
 from pixelwise.models import build_model, list_models
-from pixelwise.preprocess import to_tensor
+from pixelwise.data.preprocess import to_tensor
 
 from common import SHARED_DATA, TINY
 
@@ -165,7 +165,7 @@ def test_cli_export_onnx_and_torchscript(tmp_path, capsys):
 def test_parity_is_checked_in_the_library_with_one_tolerance(tmp_path, monkeypatch):
     """Both exports go through export.parity.check_parity: a graph off by more than the
     tolerance is refused and nothing is written; within it, the export passes."""
-    from pixelwise.engine import backend
+    from pixelwise.inference import backend
     from pixelwise.export import parity
 
     ckpt = load_checkpoint(make_checkpoint(tmp_path / "m.pt", "unet", TINY["unet"]))

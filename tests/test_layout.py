@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from pixelwise.models import build_model
-from pixelwise.models.layout import dense_grad
+from pixelwise.fast.layout import dense_grad
 
 CL = torch.channels_last
 
@@ -54,7 +54,7 @@ def test_no_graph_node_without_autograd():
 
 def test_decoder_gradients_equal_with_and_without(monkeypatch):
     """vgg16_unet's parameter gradients are the same with dense_grad switched off."""
-    import pixelwise.models.layout as layout
+    import pixelwise.fast.layout as layout
 
     torch.manual_seed(0)
     model = build_model("vgg16_unet", num_classes=3).to(memory_format=CL)
@@ -71,7 +71,7 @@ def test_decoder_gradients_equal_with_and_without(monkeypatch):
 
 
 def test_is_channels_last():
-    from pixelwise.models.layout import is_channels_last
+    from pixelwise.fast.layout import is_channels_last
 
     assert is_channels_last(torch.zeros(2, 3, 4, 5).contiguous(memory_format=CL))
     assert not is_channels_last(torch.zeros(2, 3, 4, 5))

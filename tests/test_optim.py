@@ -1,9 +1,9 @@
-"""engine/optim.py: the same updates as torch.optim, bit for bit, without layout copies."""
+"""fast/optim.py: the same updates as torch.optim, bit for bit, without layout copies."""
 import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from pixelwise.engine.optim import SGD, AdamW
+from pixelwise.fast.optim import SGD, AdamW
 
 CL = torch.channels_last
 

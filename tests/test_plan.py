@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from pixelwise.cli import cli
-from pixelwise.config import load_config
-from pixelwise.plan import Fingerprint, fingerprint, plan, sqrt_weights
+from pixelwise.io.config import load_config
+from pixelwise.training.plan import Fingerprint, fingerprint, plan, sqrt_weights
 
 
 def write_known_dataset(root: Path, n: int = 3, shape: tuple[int, int] = (40, 64)) -> Path:

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pixelwise.checkpoint import load_checkpoint, save_checkpoint
-from pixelwise.engine.predict import Predictor, collect_inputs, predict_paths
-from pixelwise.engine.raster import TiffRegionReader, predict_raster
-from pixelwise.engine.tiling import mirror_pad
+from pixelwise.io.checkpoint import load_checkpoint, save_checkpoint
+from pixelwise.inference.predict import Predictor, collect_inputs, predict_paths
+from pixelwise.inference.raster import TiffRegionReader, predict_raster
+from pixelwise.inference.tiling import mirror_pad
 from pixelwise.errors import ConfigError, DataError
 from pixelwise.models import build_model
 
@@ -297,8 +297,8 @@ def test_raster_rejects_missing_file(ckpt3, tmp_path):
 
 HUGE_SCRIPT = textwrap.dedent("""
     import sys, numpy as np, tifffile
-    from pixelwise.engine.predict import Predictor
-    from pixelwise.engine.raster import predict_raster
+    from pixelwise.inference.predict import Predictor
+    from pixelwise.inference.raster import predict_raster
     src, dst, ckpt, size = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     ramp = (np.arange(512, dtype=np.uint16)[:, None] + np.arange(512)[None, :]) % 256
     tile = np.repeat(ramp.astype(np.uint8)[..., None], 3, axis=-1)

@@ -11,7 +11,7 @@ from PIL import Image
 
 from pixelwise import save_checkpoint
 from pixelwise.cli import main
-from pixelwise.engine.predict import Predictor
+from pixelwise.inference.predict import Predictor
 from pixelwise.errors import ConfigError
 from pixelwise.models import build_model
 

@@ -13,14 +13,14 @@ import pytest
 import torch
 import yaml
 
-from pixelwise.checkpoint import load_checkpoint, read_checkpoint
-from pixelwise.config import load_config
+from pixelwise.io.checkpoint import load_checkpoint, read_checkpoint
+from pixelwise.io.config import load_config
 from pixelwise.errors import PixelwiseError
-from pixelwise.engine import resume as R
-from pixelwise.engine import sampling as D
-from pixelwise.engine import schedule as S
-from pixelwise.engine import setup as U
-from pixelwise.engine import train as T
+from pixelwise.training import resume as R
+from pixelwise.training import sampling as D
+from pixelwise.training import schedule as S
+from pixelwise.training import setup as U
+from pixelwise.training import train as T
 
 
 @pytest.fixture(scope="module")
@@ -249,7 +249,7 @@ def test_model_kwargs_are_filled_from_the_dataset_where_the_builder_takes_them()
 def test_loaders_leave_the_global_torch_rng_alone(spec_path, tmp_path):
     # A resumed run restores the global RNG and then starts a new loader iterator mid-epoch;
     # if iter() drew from that RNG, every later dropout mask would shift.
-    from pixelwise.engine.distributed import DistInfo
+    from pixelwise.training.distributed import DistInfo
 
     cfg = load_config(raw=tiny_config(spec_path, tmp_path))
     train_ds, val_ds, transform = U.build_datasets(cfg)

@@ -8,9 +8,9 @@ import copy
 import pytest
 import torch
 
-from pixelwise.config import load_config
-from pixelwise.engine.allocator import tune_malloc
-from pixelwise.engine.schedule import build_optimizer
+from pixelwise.io.config import load_config
+from pixelwise.fast.allocator import tune_malloc
+from pixelwise.training.schedule import build_optimizer
 from pixelwise.losses import DeepSupervisionLoss, build_loss
 from pixelwise.models import build_model, list_models
 

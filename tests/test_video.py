@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pixelwise.cli import main
-from pixelwise.engine.predict import Predictor
+from pixelwise.inference.predict import Predictor
 from pixelwise.errors import PixelwiseError
 from test_predict import UNET3, _save
 
@@ -116,7 +116,7 @@ def test_bench_fps_reports_frames_per_second(ckpt, tmp_path, capsys):
 
 
 def test_missing_pyav_gives_a_clear_message(monkeypatch):
-    from pixelwise.engine import video
+    from pixelwise.inference import video
 
     monkeypatch.setitem(sys.modules, "av", None)
     with pytest.raises(PixelwiseError, match=r"pip install 'pixelwise\[video\]'"):

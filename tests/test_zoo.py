@@ -221,7 +221,7 @@ def test_deeply_supervised_unet_plus_plus_predicts_tiled_with_tta(tmp_path):
     # Prediction runs the model in eval mode: one tensor, whatever the training form.
     import numpy as np
 
-    from pixelwise.engine.predict import Predictor
+    from pixelwise.inference.predict import Predictor
 
     kwargs = TINY["unet_plus_plus"]
     model = unet_pp()

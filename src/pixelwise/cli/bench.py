@@ -58,9 +58,9 @@ def command(tiling: bool, video: str | None, checkpoint: str | None, frames_per_
 
 def _video_fps(video: str, checkpoint: str, frames_per_batch: int, max_frames: int | None,
                tile_size: int | None, tta: bool, device: str) -> None:
-    from ..engine.distributed import resolve_device
-    from ..engine.predict import Predictor
-    from ..engine.video import measure_fps
+    from ..training.distributed import resolve_device
+    from ..inference.predict import Predictor
+    from ..inference.video import measure_fps
 
     predictor = Predictor(checkpoint, tile_size=tile_size, tta=tta, optimize=True,
                           device=resolve_device(device))

@@ -42,10 +42,10 @@ def command(checkpoint: str, spec: str | None, root: str | None, split: str, out
       pixelwise evaluate -c best.pt -d drive --root ../shared/data/drive -o eval
       pixelwise evaluate -c runs/drive/checkpoints/best.pt -o eval   # its own data
     """
-    from ..checkpoint import read_checkpoint
+    from ..io.checkpoint import read_checkpoint
     from ..data import load_spec
-    from ..engine.evaluate import evaluate
-    from ..engine.preflight import device_problem
+    from ..inference.evaluate import evaluate
+    from ..training.preflight import device_problem
     from ..metrics import SUMMARY_METRICS
 
     problem = device_problem(device)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..engine.backend import BACKENDS
+from ..inference.backend import BACKENDS
 from ..errors import PixelwiseError
 
 RASTER_PIXELS = 2**26  # TIFFs above this (about 8,000 x 8,000) are predicted block by block
@@ -139,12 +139,12 @@ def command(inputs, files_from, shard, checkpoint, output, tile_size, overlap, t
       torchrun --nproc_per_node 4 --no-python pixelwise predict -c best.pt scans/ -o preds \\
           --skip-existing
     """
-    from ..engine.batch import (OutputOptions, gather, join_group, leave_group, plan_jobs,
+    from ..inference.batch import (OutputOptions, gather, join_group, leave_group, plan_jobs,
                                 run_jobs, write_summary)
-    from ..engine.batch import shard as shard_of
-    from ..engine.distributed import resolve_device
-    from ..engine.predict import IMAGE_SUFFIXES, Predictor, collect_inputs
-    from ..engine.video import VIDEO_SUFFIXES
+    from ..inference.batch import shard as shard_of
+    from ..training.distributed import resolve_device
+    from ..inference.predict import IMAGE_SUFFIXES, Predictor, collect_inputs
+    from ..inference.video import VIDEO_SUFFIXES
 
     inputs = _given_inputs(inputs, files_from)
     if shard is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -195,7 +195,7 @@ def choose_backend(checkpoint: str | os.PathLike, backend: str,
     checkpoint on onnxruntime is exported in memory. A contradiction (an .onnx file on
     torch, --optimize on onnxruntime) is a usage error: one line, exit 2.
     """
-    from ..engine.backend import backend_problem
+    from ..inference.backend import backend_problem
 
     onnx_file = Path(checkpoint).suffix.lower() == ".onnx"
     if backend == "auto":
@@ -204,7 +204,7 @@ def choose_backend(checkpoint: str | os.PathLike, backend: str,
         optimize = backend == "torch"
     source: str | os.PathLike | bytes = checkpoint
     if backend == "onnxruntime" and not onnx_file:
-        from ..checkpoint import load_checkpoint
+        from ..io.checkpoint import load_checkpoint
         from ..export import onnx_bytes
 
         source = onnx_bytes(load_checkpoint(checkpoint))
@@ -230,7 +230,7 @@ def _report(rank: int, results, summary, summary_path: Path) -> None:
 
 def _kind(path: Path, raster: bool) -> str:
     from ..data import image_size
-    from ..engine.video import VIDEO_SUFFIXES
+    from ..inference.video import VIDEO_SUFFIXES
 
     suffix = path.suffix.lower()
     if suffix in VIDEO_SUFFIXES:

@@ -57,7 +57,7 @@ def command(checkpoint: Path, host: str, port: int, backend: str, device: str,
         raise PixelwiseError("serving needs the 'serve' extra: pip install 'pixelwise[serve]'") from e
     import torch
 
-    from ..engine.predict import Predictor
+    from ..inference.predict import Predictor
     from .predict import choose_backend
     from ..serve import create_app
 

@@ -55,7 +55,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_valid
                       model_validator)
 
 from ..errors import ConfigError
-from ..labels import LabelSet
+from .labels import LabelSet
 from .encoding import encode_mask  # noqa: F401  (re-exported: the spec's mask encoding)
 from .listing import Sample, resolve_split
 from .readers import DEFAULT_MAX_PIXELS
@@ -167,7 +167,7 @@ class DatasetSpec(BaseModel):
         if any(s <= 0 for s in self.std):
             raise ValueError("std values must be positive")
         if self.palette is None:
-            from ..visualize import default_palette
+            from ..report.visualize import default_palette
 
             self.palette = default_palette(n)
         for key in ("palette", "class_weights"):

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from .backbones.resnet import ResNet34Encoder, ResNet50Encoder, resnet_state_dict_for_encoder
 from .backbones.vgg import VGG16Encoder, vgg16_state_dict_for_encoder
-from . import _checks, layout
+from . import _checks
+from ..fast import layout
 from .registry import register_model
 from .unet import DoubleConv
 from .weights import load_pretrained

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .backbones.vgg import VGG16Encoder, vgg16_state_dict_for_encoder
 from . import _checks
-from .layout import is_channels_last
+from ..fast.layout import is_channels_last
 from .registry import register_model
 from .weights import load_pretrained
 

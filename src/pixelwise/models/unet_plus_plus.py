@@ -18,7 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import _checks, layout
+from . import _checks
+from ..fast import layout
 from .registry import register_model
 from .unet import DoubleConv
 
