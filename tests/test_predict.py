@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pixelwise.io.checkpoint import load_checkpoint, save_checkpoint
-from pixelwise.inference.predict import Predictor, collect_inputs, predict_paths
+from pixelwise.inference.batch import collect_inputs, predict_paths
+from pixelwise.inference.predict import Predictor
 from pixelwise.inference.raster import TiffRegionReader, predict_raster
 from pixelwise.inference.tiling import mirror_pad
 from pixelwise.errors import ConfigError, DataError

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from pixelwise.io.config import load_config
-from pixelwise.training.preflight import device_problem, preflight
+from pixelwise.devices import device_problem
+from pixelwise.training.preflight import preflight
 from pixelwise.errors import ConfigError
 
 

@@ -58,7 +58,7 @@ def command(tiling: bool, video: str | None, checkpoint: str | None, frames_per_
 
 def _video_fps(video: str, checkpoint: str, frames_per_batch: int, max_frames: int | None,
                tile_size: int | None, tta: bool, device: str) -> None:
-    from ..training.distributed import resolve_device
+    from ..devices import resolve_device
     from ..inference.predict import Predictor
     from ..inference.video import measure_fps
 

@@ -45,7 +45,7 @@ def command(checkpoint: str, spec: str | None, root: str | None, split: str, out
     from ..io.checkpoint import read_checkpoint
     from ..data import load_spec
     from ..inference.evaluate import evaluate
-    from ..training.preflight import device_problem
+    from ..devices import device_problem
     from ..metrics import SUMMARY_METRICS
 
     problem = device_problem(device)

@@ -139,11 +139,12 @@ def command(inputs, files_from, shard, checkpoint, output, tile_size, overlap, t
       torchrun --nproc_per_node 4 --no-python pixelwise predict -c best.pt scans/ -o preds \\
           --skip-existing
     """
-    from ..inference.batch import (OutputOptions, gather, join_group, leave_group, plan_jobs,
-                                run_jobs, write_summary)
+    from ..data.readers import IMAGE_SUFFIXES
+    from ..devices import resolve_device
+    from ..inference.batch import (OutputOptions, collect_inputs, gather, join_group,
+                                   leave_group, plan_jobs, run_jobs, write_summary)
     from ..inference.batch import shard as shard_of
-    from ..training.distributed import resolve_device
-    from ..inference.predict import IMAGE_SUFFIXES, Predictor, collect_inputs
+    from ..inference.predict import Predictor
     from ..inference.video import VIDEO_SUFFIXES
 
     inputs = _given_inputs(inputs, files_from)

@@ -15,11 +15,12 @@ An input that cannot be read (not an image, truncated, empty) is listed with its
 """
 from __future__ import annotations
 
+import glob
 import os
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch.distributed as dist
@@ -27,6 +28,7 @@ import torch.distributed as dist
 from ..errors import DataError, PixelwiseError
 from ..io.files import atomic_write_json
 from ..data.labels import class_areas, class_pixels
+from ..data.readers import IMAGE_SUFFIXES
 from .predict import Predictor, predict_image_file
 
 # A process that finishes its shard early waits for the others at the final merge; prediction
@@ -232,3 +234,75 @@ def gather(results: Results, group: Group) -> Results:
 def leave_group(group: Group) -> None:
     if group.created and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def predict_paths(predictor: Predictor, inputs: Iterable[str | os.PathLike],
+                  output_dir: str | os.PathLike, save_probs: bool = False,
+                  probs_format: str = "npy", overlay_alpha: float = 0.5,
+                  progress: Callable[[int, int], None] | None = None,
+                  skip_existing: bool = False, fail_fast: bool = False) -> dict[str, Any]:
+    """Predict every image among ``inputs`` and write the results to ``output_dir``.
+
+    Per image ``<stem>``: ``<stem>_mask.png`` (palette PNG of class indices),
+    ``<stem>_overlay.png`` (colours over the image) and, with ``save_probs``,
+    ``<stem>_probs.npy`` (float32 ``(K, H, W)``) or ``<stem>_probs.tif`` (uint16, probability
+    x 65535). ``summary.json`` lists every image with its class areas, the totals, and under
+    ``failed`` each input that could not be predicted with the reason.
+
+    Args:
+        predictor: a :class:`~pixelwise.inference.predict.Predictor`.
+        inputs: files, folders and glob patterns.
+        output_dir: created if missing.
+        save_probs: also write probabilities.
+        probs_format: ``"npy"`` or ``"tiff16"``.
+        overlay_alpha: opacity of the mask colours in the overlay.
+        progress: called as ``progress(done_images, total_images)``.
+        skip_existing: keep the outputs of images predicted before (summary from their masks).
+        fail_fast: raise at the first unreadable input instead of going on.
+
+    Returns:
+        The summary dict (also written as ``summary.json``).
+    """
+    if probs_format not in ("npy", "tiff16"):
+        raise ValueError(f"probs_format must be 'npy' or 'tiff16', got {probs_format!r}")
+    out = Path(output_dir)
+    opts = OutputOptions(save_probs=save_probs, probs_format=probs_format,
+                         overlay_alpha=overlay_alpha)
+    results = run_jobs(predictor, plan_jobs(collect_inputs(inputs)), out, opts,
+                       skip_existing=skip_existing, fail_fast=fail_fast, progress=progress)
+    return write_summary(predictor, results, out)
+
+
+def collect_inputs(inputs: Iterable[str | os.PathLike],
+                   suffixes: Sequence[str] = IMAGE_SUFFIXES) -> list[Path]:
+    """Expand files, folders (their images, sorted) and glob patterns into image paths
+    (``suffixes``: the file endings that folders and globs contribute).
+
+    Raises:
+        DataError: an input that is no file, no folder and matches nothing, or a folder
+            without images.
+    """
+    paths: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir()
+                           if p.is_file() and p.suffix.lower() in suffixes)
+            if not found:
+                raise DataError(f"{path}: folder holds no images "
+                                f"({', '.join(suffixes)})")
+            paths.extend(found)
+        elif path.is_file():
+            paths.append(path)
+        else:
+            matches = sorted(Path(p) for p in glob.glob(str(item), recursive=True))
+            matches = [p for p in matches if p.is_file() and p.suffix.lower() in suffixes]
+            if not matches:
+                raise DataError(f"{item}: no such file or folder, and no images match it")
+            paths.extend(matches)
+    seen, unique = set(), []
+    for p in paths:
+        if p.resolve() not in seen:
+            seen.add(p.resolve())
+            unique.append(p)
+    return unique

@@ -22,7 +22,7 @@ from ..io.checkpoint import Checkpoint, load_checkpoint
 from ..errors import ConfigError
 from ..io.files import atomic_write_json
 from ..metrics import SUMMARY_METRICS
-from ..training.distributed import resolve_device
+from ..devices import resolve_device
 from .forward import DEFAULT_THRESHOLD
 
 

@@ -1,17 +1,16 @@
 """Predict masks for images: a :class:`Predictor` (torch or ONNX Runtime, tiling, test-time
-augmentation) and :func:`predict_paths`, which writes masks, overlays and a summary for files,
-folders and globs.
+augmentation) and :func:`predict_image_file`, which writes one image's mask and overlay
+(files, folders and globs: :func:`pixelwise.inference.batch.predict_paths`).
 
 Test-time augmentation averages class probabilities (softmax, or sigmoid for a binary model)
 over flips and scales; averaging logits would let one confident view dominate.
 """
 from __future__ import annotations
 
-import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 from ..io.checkpoint import Checkpoint
 from ..errors import ConfigError, DataError
 from ..io.files import atomic_write, atomic_write_bytes, encode_mask_png, encode_rgb_png
+from ..devices import device_problem, resolve_device
 from ..data.labels import LabelSet, class_areas, class_pixels
 from ..models import geometry
 from ..models.probe import meta_model, min_input_size
@@ -31,7 +31,6 @@ from .forward import (DEFAULT_THRESHOLD, check_threshold, labels_from_probabilit
 from .tiling import sliding_window
 
 FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,))  # none, horizontal, vertical
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".npy")
 
 
 @dataclass
@@ -87,9 +86,6 @@ class Predictor:
         self.flips = FLIPS if tta else ((),)
         self.scales = tuple(float(s) for s in scales)
         self.batch_size, self.progress = batch_size, progress
-        from ..training.distributed import resolve_device
-        from ..training.preflight import device_problem
-
         problem = device_problem(device)
         if problem is not None:
             raise ConfigError(f"device: {problem}")
@@ -255,41 +251,6 @@ class Predictor:
 
 # -- files ---------------------------------------------------------------------------------
 
-def collect_inputs(inputs: Iterable[str | os.PathLike],
-                   suffixes: Sequence[str] = IMAGE_SUFFIXES) -> list[Path]:
-    """Expand files, folders (their images, sorted) and glob patterns into image paths
-    (``suffixes``: the file endings that folders and globs contribute).
-
-    Raises:
-        DataError: an input that is no file, no folder and matches nothing, or a folder
-            without images.
-    """
-    paths: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir()
-                           if p.is_file() and p.suffix.lower() in suffixes)
-            if not found:
-                raise DataError(f"{path}: folder holds no images "
-                                f"({', '.join(suffixes)})")
-            paths.extend(found)
-        elif path.is_file():
-            paths.append(path)
-        else:
-            matches = sorted(Path(p) for p in glob.glob(str(item), recursive=True))
-            matches = [p for p in matches if p.is_file() and p.suffix.lower() in suffixes]
-            if not matches:
-                raise DataError(f"{item}: no such file or folder, and no images match it")
-            paths.extend(matches)
-    seen, unique = set(), []
-    for p in paths:
-        if p.resolve() not in seen:
-            seen.add(p.resolve())
-            unique.append(p)
-    return unique
-
-
 def _read_image(path: Path) -> np.ndarray:
     from ..data import read_image
 
@@ -341,45 +302,6 @@ def predict_image_file(predictor: Predictor, path: Path, out: Path, stem: str,
                                      probs_format).name
     entry["classes"] = class_areas(class_pixels(pred.mask, len(names)), names)
     return entry
-
-
-def predict_paths(predictor: Predictor, inputs: Iterable[str | os.PathLike],
-                  output_dir: str | os.PathLike, save_probs: bool = False,
-                  probs_format: str = "npy", overlay_alpha: float = 0.5,
-                  progress: Callable[[int, int], None] | None = None,
-                  skip_existing: bool = False, fail_fast: bool = False) -> dict[str, Any]:
-    """Predict every image among ``inputs`` and write the results to ``output_dir``.
-
-    Per image ``<stem>``: ``<stem>_mask.png`` (palette PNG of class indices),
-    ``<stem>_overlay.png`` (colours over the image) and, with ``save_probs``,
-    ``<stem>_probs.npy`` (float32 ``(K, H, W)``) or ``<stem>_probs.tif`` (uint16, probability
-    x 65535). ``summary.json`` lists every image with its class areas, the totals, and under
-    ``failed`` each input that could not be predicted with the reason.
-
-    Args:
-        predictor: a :class:`Predictor`.
-        inputs: files, folders and glob patterns.
-        output_dir: created if missing.
-        save_probs: also write probabilities.
-        probs_format: ``"npy"`` or ``"tiff16"``.
-        overlay_alpha: opacity of the mask colours in the overlay.
-        progress: called as ``progress(done_images, total_images)``.
-        skip_existing: keep the outputs of images predicted before (summary from their masks).
-        fail_fast: raise at the first unreadable input instead of going on.
-
-    Returns:
-        The summary dict (also written as ``summary.json``).
-    """
-    from .batch import OutputOptions, plan_jobs, run_jobs, write_summary
-
-    if probs_format not in ("npy", "tiff16"):
-        raise ValueError(f"probs_format must be 'npy' or 'tiff16', got {probs_format!r}")
-    out = Path(output_dir)
-    opts = OutputOptions(save_probs=save_probs, probs_format=probs_format,
-                         overlay_alpha=overlay_alpha)
-    results = run_jobs(predictor, plan_jobs(collect_inputs(inputs)), out, opts,
-                       skip_existing=skip_existing, fail_fast=fail_fast, progress=progress)
-    return write_summary(predictor, results, out)
 
 
 def _save_png(path: Path, rgb: np.ndarray) -> Path:

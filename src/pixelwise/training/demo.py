@@ -39,7 +39,8 @@ def run_demo(output: str | Path, epochs: int = 15, n_train: int = 160, n_val: in
     and ``output/checkpoint.pt``.
     """
     from ..inference.evaluate import evaluate
-    from ..inference.predict import Predictor, predict_paths
+    from ..inference.batch import predict_paths
+    from ..inference.predict import Predictor
     from .resume import best_checkpoint
     from .train import train
 

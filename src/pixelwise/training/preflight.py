@@ -17,35 +17,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..devices import device_problem
 from ..io.config import RunConfig
 from ..errors import ConfigError, PixelwiseError
 from ..models import geometry
 from ..models.probe import meta_forward, meta_model, min_input_size
-
-
-def device_problem(name: str | torch.device, local_rank: int = 0) -> str | None:
-    """Why the torch device ``name`` cannot be used on this machine, or None when it can.
-
-    ``"auto"`` always works; ``"cuda"`` means ``cuda:<local_rank>`` (torchrun's process).
-    """
-    if str(name) == "auto":
-        return None
-    try:
-        dev = torch.device(f"cuda:{local_rank}" if str(name) == "cuda" else name)
-    except (RuntimeError, TypeError, ValueError):
-        return f"{str(name)!r} is not a device; use auto, cpu, cuda, cuda:N or mps"
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            return (f"{str(name)!r} asked for, but CUDA is not available here (no GPU, or "
-                    f"PyTorch built without CUDA); use cpu or auto")
-        count = torch.cuda.device_count()
-        if (dev.index or 0) >= count:
-            return f"{dev} asked for, but this machine has {count} CUDA device(s)"
-    elif dev.type == "mps" and not torch.backends.mps.is_available():
-        return f"{str(name)!r} asked for, but Apple MPS is not available here; use cpu or auto"
-    elif dev.type not in ("cpu", "cuda", "mps"):
-        return f"{str(name)!r}: device type {dev.type!r} is not supported; use cpu, cuda or mps"
-    return None
 
 
 def preflight(cfg: RunConfig) -> None:
