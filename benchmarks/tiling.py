@@ -47,7 +47,7 @@ def worker(spec: dict) -> dict:
         ckpt = Checkpoint(model=build_model(MODEL, **kwargs).eval(), model_name=MODEL,
                           model_kwargs=kwargs, class_names=["0", "1"], mean=(0.5,) * 3,
                           std=(0.25,) * 3)
-        predictor = Predictor(ckpt, optimize=spec["config"] != "eager",
+        predictor = Predictor(ckpt, fast=spec["config"] != "eager",
                               compile=spec["config"] == "compile", **common)
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (spec["size"], spec["size"], 3), dtype=np.uint8)

@@ -8,7 +8,8 @@ cores, so both sides always see the same machine:
   the seed document's code, written out below (parameter counts asserted equal to
   pixelwise's); for every other zoo model it is the pixelwise module itself run the plain
   way. NCHW tensors, the default allocator, ``torch.optim.Adam``, ``F.cross_entropy``.
-- ``pixelwise``: what ``pixelwise train`` does by default: ``tune_malloc`` (glibc keeps
+- ``pixelwise``: what ``pixelwise train`` does by default (``train.fast: true``; with
+  ``--no-fast`` its plain PyTorch path instead): ``tune_malloc`` (glibc keeps
   activation buffers instead of unmapping them), the trainer's model builder (channels_last,
   1x1 and fc-like convolutions as matrix products, deep 3x3 ones by Winograd's F(4x4, 3x3)),
   pixelwise's optimiser builder (fused kernels without layout copies), loss and full-size
@@ -150,7 +151,7 @@ def plain_step(name: str):
     return model, step
 
 
-def pixelwise_step(name: str):
+def pixelwise_step(name: str, fast: bool = True):
     from pixelwise.io.config import load_config
     from pixelwise.fast.allocator import tune_malloc
     from pixelwise.inference.forward import whole_image_logits
@@ -158,10 +159,12 @@ def pixelwise_step(name: str):
     from pixelwise.training.setup import build_run_model
     from pixelwise.losses import build_loss
 
-    tune_malloc()
     torch.manual_seed(0)
     cfg = load_config(raw={"model": {"name": name}, "data": {"spec": "unused"},
-                           "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.0}})
+                           "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.0},
+                           "train": {"fast": fast}})
+    if cfg.train.fast:
+        tune_malloc()
     kwargs = {"num_classes": CLASSES, **PIXELWISE_KWARGS.get(name, {})}
     model = build_run_model(cfg, kwargs, torch.device("cpu"))  # layout and convs as in train
     opt = build_optimizer(model, cfg)
@@ -169,7 +172,7 @@ def pixelwise_step(name: str):
     model.train()
 
     def step(x, y):
-        if cfg.train.channels_last:
+        if cfg.train.fast:
             x = x.contiguous(memory_format=torch.channels_last)
         loss = criterion(whole_image_logits(model, x), y)
         opt.zero_grad(set_to_none=True)
@@ -178,9 +181,9 @@ def pixelwise_step(name: str):
     return model, step
 
 
-def worker(side: str, name: str, steps: int) -> dict:
+def worker(side: str, name: str, steps: int, fast: bool = True) -> dict:
     torch.set_num_threads(1)
-    model, step = (plain_step if side == "plain" else pixelwise_step)(name)
+    model, step = plain_step(name) if side == "plain" else pixelwise_step(name, fast)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(BATCH, 3, SIZE, SIZE, generator=gen)
     y = torch.randint(0, CLASSES, (BATCH, SIZE, SIZE), generator=gen)
@@ -198,13 +201,13 @@ def worker(side: str, name: str, steps: int) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Driver: pairs at the same time on cores 0 and 1, then swapped
 
-def run_pair(name: str, steps: int) -> dict:
+def run_pair(name: str, steps: int, fast: bool = True) -> dict:
     results: dict[str, list[dict]] = {"plain": [], "pixelwise": []}
     for cores in ((0, 1), (1, 0)):
         procs = {}
         for side, core in zip(("plain", "pixelwise"), cores):
             cmd = ["taskset", "-c", str(core), sys.executable, __file__, "--worker", side,
-                   "--models", name, "--steps", str(steps)]
+                   "--models", name, "--steps", str(steps)] + ([] if fast else ["--no-fast"])
             env = {**os.environ, "OMP_NUM_THREADS": "1"}
             procs[side] = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
         for side, proc in procs.items():
@@ -213,14 +216,14 @@ def run_pair(name: str, steps: int) -> dict:
                 raise SystemExit(f"{name} ({side}) worker failed with exit {proc.returncode}")
             results[side].append(json.loads(out.strip().splitlines()[-1]))
     plain = statistics.mean(r["median_s"] for r in results["plain"])
-    fast = statistics.mean(r["median_s"] for r in results["pixelwise"])
+    ours = statistics.mean(r["median_s"] for r in results["pixelwise"])
     params = {side: r[0]["params"] for side, r in results.items()}
     if params["plain"] != params["pixelwise"]:
         raise SystemExit(f"{name}: reference has {params['plain']} parameters, pixelwise "
                          f"{params['pixelwise']}: not the same network")
-    return {"model": name, "params": params["pixelwise"], "plain_s": plain, "pixelwise_s": fast,
-            "speedup": plain / fast, "plain_images_per_s": BATCH / plain,
-            "pixelwise_images_per_s": BATCH / fast, "runs": results}
+    return {"model": name, "params": params["pixelwise"], "plain_s": plain, "pixelwise_s": ours,
+            "speedup": plain / ours, "plain_images_per_s": BATCH / plain,
+            "pixelwise_images_per_s": BATCH / ours, "runs": results}
 
 
 def main() -> None:
@@ -229,17 +232,19 @@ def main() -> None:
                     help="comma-separated registered names, or 'all'")
     ap.add_argument("--steps", type=int, default=6, help="timed steps per worker")
     ap.add_argument("--out", default="benchmarks/results/train_step.json")
+    ap.add_argument("--no-fast", action="store_true",
+                    help="run pixelwise with train.fast: false (its plain PyTorch path)")
     ap.add_argument("--worker", choices=["plain", "pixelwise"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.models, args.steps)))
+        print(json.dumps(worker(args.worker, args.models, args.steps, not args.no_fast)))
         return
     from pixelwise.models import list_models
 
     names = list_models() if args.models == "all" else args.models.split(",")
     rows = []
     for name in names:
-        row = run_pair(name, args.steps)
+        row = run_pair(name, args.steps, not args.no_fast)
         rows.append(row)
         print(f"{name:24s} {row['params'] / 1e6:7.2f} M  plain {row['plain_s']:.3f} s/step  "
               f"pixelwise {row['pixelwise_s']:.3f} s/step  speed-up {row['speedup']:.2f}x",

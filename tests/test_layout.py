@@ -1,9 +1,9 @@
-"""models/layout.py: dense_grad changes where a gradient lives in memory, never its values."""
+"""fast/layout.py: dense_grad changes where a gradient lives in memory, never its values."""
 import torch
 import torch.nn.functional as F
 
 from pixelwise.models import build_model
-from pixelwise.fast.layout import dense_grad
+from pixelwise.fast.layout import DenseGradResize, dense_grad, use_layout_modules
 
 CL = torch.channels_last
 
@@ -58,6 +58,8 @@ def test_decoder_gradients_equal_with_and_without(monkeypatch):
 
     torch.manual_seed(0)
     model = build_model("vgg16_unet", num_classes=3).to(memory_format=CL)
+    assert use_layout_modules(model) == 1  # the decoder's upsampling to the skips
+    assert isinstance(model.upsample_to_skip, DenseGradResize)
     x = torch.randn(1, 3, 32, 32).contiguous(memory_format=CL)
     y = torch.randint(0, 3, (1, 32, 32))
     runs = []

@@ -44,7 +44,7 @@ def test_too_small_for_every_backend(source, request, checkpoint):
     if source == "checkpoint+ort":  # a checkpoint on ONNX Runtime, exported in memory
         from pixelwise.cli.predict import choose_backend
 
-        path, backend, _ = choose_backend(path, backend, optimize=None)
+        path, backend, _ = choose_backend(path, backend, fast=None)
     predictor = Predictor(path, backend=backend)
     assert predictor.min_input_size == 8
     for h, w in [(1, 1), (7, 40)]:

@@ -65,7 +65,7 @@ def test_video_outputs_match_frame_by_frame_prediction(ckpt, tmp_path):
     assert len(overlay) == len(frames) == 9 and overlay_rate == rate == RATE
     assert overlay[0].shape == (30, 41, 3)
     # the same forward path as images: tiles and TTA included
-    pred = Predictor(ckpt, tile_size=16, tta=True, optimize=True)
+    pred = Predictor(ckpt, tile_size=16, tta=True, fast=True)
     want = [pred.predict(f).mask for f in frames]
     masks, mask_rate = decode(out / "clip_mask.mkv")
     assert mask_rate == RATE and len(masks) == 9

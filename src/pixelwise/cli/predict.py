@@ -101,9 +101,10 @@ def _parse_shard(ctx, param, value: str | None) -> tuple[int, int] | None:
               help="Also write NAME_mask.mkv for videos (lossless class colours).")
 @click.option("--device", default="auto", show_default=True,
               help="Torch device; auto = cuda:LOCAL_RANK when CUDA is available, else cpu.")
-@click.option("--optimize/--no-optimize", default=None,
-              help="Fold BatchNorm and use channels_last (same results, faster on CPU); "
-                   "torch only, on by default there.")
+@click.option("--fast/--no-fast", "--optimize/--no-optimize", "fast", default=None,
+              help="The fast path: BatchNorm folded, channels_last, pixelwise.fast's "
+                   "convolutions (same results, faster on CPU); torch only, on by default "
+                   "there. --optimize is its old name.")
 @click.option("--raster", is_flag=True,
               help="Predict TIFF inputs block by block into tiled mask TIFFs (automatic for "
                    "TIFFs over 64 Mpixel); GeoTIFF georeferencing is kept.")
@@ -118,7 +119,7 @@ def _parse_shard(ctx, param, value: str | None) -> tuple[int, int] | None:
               help="Show progress bars (stderr; rank 0 only under torchrun).")
 def command(inputs, files_from, shard, checkpoint, output, tile_size, overlap, tta, scales,
             threshold, backend, probs, probs_format, batch_size, frames_per_batch, mask_video,
-            device, optimize, raster, block_size, skip_existing, fail_fast, progress) -> None:
+            device, fast, raster, block_size, skip_existing, fail_fast, progress) -> None:
     """Predict class masks for images, videos, folders and glob patterns.
 
     Writes per image NAME_mask.png (palette PNG of class indices, class names in a text
@@ -155,11 +156,11 @@ def command(inputs, files_from, shard, checkpoint, output, tile_size, overlap, t
     summary_name = "summary.json" if shard is None else f"summary-{rank}-of-{world_size}.json"
     bars = _Bars(progress and group.rank == 0)
     try:
-        source, backend, optimize = choose_backend(checkpoint, backend, optimize)
+        source, backend, fast = choose_backend(checkpoint, backend, fast)
         predictor = Predictor(source, backend=backend, tile_size=tile_size, overlap=overlap,
                               tta=tta, threshold=threshold, scales=scales,
                               device=resolve_device(device, group.local_rank),
-                              batch_size=batch_size, optimize=optimize, progress=bars.tile_done)
+                              batch_size=batch_size, fast=fast, progress=bars.tile_done)
         paths = collect_inputs(inputs, suffixes=IMAGE_SUFFIXES + VIDEO_SUFFIXES)
         jobs = plan_jobs(paths, [_kind(p, raster) for p in paths])
         opts = OutputOptions(save_probs=probs, probs_format=probs_format,
@@ -188,31 +189,31 @@ def _given_inputs(inputs: tuple[str, ...], files_from) -> tuple[str, ...]:
 
 
 def choose_backend(checkpoint: str | os.PathLike, backend: str,
-                   optimize: bool | None) -> tuple[str | os.PathLike | bytes, str, bool]:
-    """``(source, backend, optimize)`` for the Predictor from ``--checkpoint``, ``--backend``
-    and ``--optimize`` (shared with ``pixelwise serve``).
+                   fast: bool | None) -> tuple[str | os.PathLike | bytes, str, bool]:
+    """``(source, backend, fast)`` for the Predictor from ``--checkpoint``, ``--backend``
+    and ``--fast`` (shared with ``pixelwise serve``).
 
-    ``auto`` picks the backend the file is for; ``--optimize`` defaults to on for torch. A
+    ``auto`` picks the backend the file is for; ``--fast`` defaults to on for torch. A
     checkpoint on onnxruntime is exported in memory. A contradiction (an .onnx file on
-    torch, --optimize on onnxruntime) is a usage error: one line, exit 2.
+    torch, --fast on onnxruntime) is a usage error: one line, exit 2.
     """
     from ..inference.backend import backend_problem
 
     onnx_file = Path(checkpoint).suffix.lower() == ".onnx"
     if backend == "auto":
         backend = "onnxruntime" if onnx_file else "torch"
-    if optimize is None:
-        optimize = backend == "torch"
+    if fast is None:
+        fast = backend == "torch"
     source: str | os.PathLike | bytes = checkpoint
     if backend == "onnxruntime" and not onnx_file:
         from ..io.checkpoint import load_checkpoint
         from ..export import onnx_bytes
 
         source = onnx_bytes(load_checkpoint(checkpoint))
-    problem = backend_problem(source, backend, optimize)
+    problem = backend_problem(source, backend, fast)
     if problem is not None:
         raise click.BadParameter(problem, param_hint="--backend")
-    return source, backend, optimize
+    return source, backend, fast
 
 
 def _report(rank: int, results, summary, summary_path: Path) -> None:

@@ -63,7 +63,7 @@ def command(checkpoint: Path, host: str, port: int, backend: str, device: str,
 
     if threads is not None:
         torch.set_num_threads(threads)
-    source, backend, _ = choose_backend(checkpoint, backend, optimize=False)
+    source, backend, _ = choose_backend(checkpoint, backend, fast=False)
     predictor = Predictor(source, backend=backend, tile_size=tile_size, device=device,
                           threads=threads)
     if max_batch is None:

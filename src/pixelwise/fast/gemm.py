@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..models import _checks
+from . import _checks
 from .winograd import WinogradConv2d, winograd_eligible
 
 # k x k convolutions (k > 1, no padding) with at least this many outputs go through a GEMM.

@@ -1,4 +1,11 @@
-"""Fast CPU inference without changing results beyond float tolerance.
+"""The fast path, applied to a built model: for training (``train.fast``, the default) and
+for inference (``Predictor(fast=True)``, ``pixelwise predict --fast``), without changing
+results beyond float tolerance. The models themselves are plain PyTorch; everything here
+swaps modules or changes memory layouts from outside.
+
+Training: channels_last weights and inputs, the layout modules of :mod:`pixelwise.fast.layout`,
+the convolutions of :mod:`pixelwise.fast.gemm`, the optimisers of :mod:`pixelwise.fast.optim`
+and the allocator settings of :mod:`pixelwise.fast.allocator`. Inference:
 
 - BatchNorm folding (:mod:`pixelwise.fast.fold`).
 - ``channels_last``: NHWC weights let oneDNN convolutions skip layout reorders; on CPU the
@@ -17,6 +24,18 @@ import torch.nn as nn
 
 from .fold import fold_batchnorm
 from .gemm import use_gemm_convs
+from .layout import use_layout_modules
+
+
+def optimize_for_training(model: nn.Module) -> nn.Module:
+    """``model`` (on its device) made fast for training, in place: channels_last weights, the
+    layout modules, and on CPU 1x1 and fc-like convolutions as matrix products and deep 3x3
+    ones by Winograd's F(4x4, 3x3). Same parameters, state dict and function; feed it
+    channels_last inputs."""
+    model.to(memory_format=torch.channels_last)
+    use_layout_modules(model)
+    use_gemm_convs(model)  # CPU only
+    return model
 
 
 def optimize_for_inference(model: nn.Module, fold_bn: bool = True, channels_last: bool = False,
@@ -48,6 +67,7 @@ def optimize_for_inference(model: nn.Module, fold_bn: bool = True, channels_last
         model = fold_batchnorm(model, inplace=True)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+        use_layout_modules(model)
         if not compile:  # inductor chooses its own convolution kernels
             use_gemm_convs(model)
     if compile:

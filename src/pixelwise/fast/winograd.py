@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from ..models import _checks
+from . import _checks
 from .layout import is_channels_last
 
 # Both channel counts must reach this for a layer to use Winograd (see the module text).

@@ -38,19 +38,20 @@ class TorchBackend:
     Args:
         ckpt: the loaded checkpoint.
         device: where the model runs.
-        optimize: fold BatchNorm and use channels_last (same results up to float rounding).
+        fast: the fast path (:func:`pixelwise.fast.optimize.optimize_for_inference`: BatchNorm
+            folded, channels_last; same results up to float rounding).
         compile: also ``torch.compile`` the model (inductor, freezing).
     """
 
     name = "torch"
 
-    def __init__(self, ckpt: Checkpoint, device: torch.device, optimize: bool = False,
+    def __init__(self, ckpt: Checkpoint, device: torch.device, fast: bool = False,
                  compile: bool = False):
         self.metadata = ckpt.metadata()
         self.shape_model = ckpt.model
         self.device = device
         model = ckpt.model.eval()
-        if optimize or compile:
+        if fast or compile:
             from ..fast.optimize import optimize_for_inference
 
             # on the device first: the optimisations depend on it (CPU-only GEMMs)
@@ -90,7 +91,7 @@ def _is_onnx(source: Source) -> bool:
         isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() == ".onnx")
 
 
-def backend_problem(source: Source, backend: str, optimize: bool = False,
+def backend_problem(source: Source, backend: str, fast: bool = False,
                     compile: bool = False) -> str | None:
     """Why ``backend`` cannot run ``source`` with these options, in one line, or None."""
     if backend not in BACKENDS:
@@ -98,8 +99,8 @@ def backend_problem(source: Source, backend: str, optimize: bool = False,
     if backend == "torch" and _is_onnx(source):
         what = "the model bytes" if isinstance(source, bytes) else str(source)
         return f"{what} is an exported ONNX model: it runs on backend 'onnxruntime', not 'torch'"
-    if backend == "onnxruntime" and (optimize or compile):
-        return ("optimize and compile are options of the torch backend; ONNX Runtime "
+    if backend == "onnxruntime" and (fast or compile):
+        return ("fast and compile are options of the torch backend; ONNX Runtime "
                 "optimises its graph itself")
     if backend == "onnxruntime" and not _is_onnx(source):
         what = source.path if isinstance(source, Checkpoint) else source
@@ -109,7 +110,7 @@ def backend_problem(source: Source, backend: str, optimize: bool = False,
 
 
 def open_backend(source: Source, backend: str = "torch", *, device: torch.device | None = None,
-                 optimize: bool = False, compile: bool = False,
+                 fast: bool = False, compile: bool = False,
                  threads: int | None = None) -> TorchBackend | OnnxRuntimeBackend:
     """The named backend running ``source``.
 
@@ -118,19 +119,19 @@ def open_backend(source: Source, backend: str = "torch", *, device: torch.device
             bytes (onnxruntime).
         backend: ``"torch"`` or ``"onnxruntime"``.
         device: the torch backend's device (default CPU).
-        optimize, compile: torch options (see :class:`TorchBackend`).
+        fast, compile: torch options (see :class:`TorchBackend`).
         threads: ONNX Runtime intra-op threads.
 
     Raises:
         ConfigError: a backend that cannot run ``source``, or an option it lacks.
     """
-    problem = backend_problem(source, backend, optimize, compile)
+    problem = backend_problem(source, backend, fast, compile)
     if problem is not None:
         raise ConfigError(f"backend: {problem}")
     if backend == "onnxruntime":
         return OnnxRuntimeBackend(source, threads=threads)  # type: ignore[arg-type]
     ckpt = source if isinstance(source, Checkpoint) else load_checkpoint(source)
-    return TorchBackend(ckpt, device or torch.device("cpu"), optimize=optimize, compile=compile)
+    return TorchBackend(ckpt, device or torch.device("cpu"), fast=fast, compile=compile)
 
 
 def make_ort_session(model: str | os.PathLike | bytes, threads: int | None = None):

@@ -63,8 +63,9 @@ class Predictor:
         device: torch device for the torch backend (``"auto"``: CUDA when available).
         scales: test-time scales (e.g. ``(0.75, 1.0, 1.25)``), averaged with the flips.
         batch_size: tiles per forward pass.
-        optimize: fold BatchNorm and use channels_last (torch backend; same results up to
-            float rounding).
+        fast: the fast path (BatchNorm folded, channels_last, the convolutions of
+            :mod:`pixelwise.fast`; torch backend; same results up to float rounding).
+            ``pixelwise predict`` turns it on by default.
         compile: also ``torch.compile`` the model (inductor, freezing; torch backend); the
             first call per input shape compiles, so it pays off for many same-sized inputs.
         threads: ONNX Runtime intra-op threads (default: one per core).
@@ -74,7 +75,7 @@ class Predictor:
     def __init__(self, checkpoint: str | os.PathLike | Checkpoint | bytes, backend: str = "torch",
                  tile_size: int | None = None, overlap: float = 0.25, tta: bool = False,
                  threshold: float = DEFAULT_THRESHOLD, device: str | torch.device = "cpu",
-                 scales: Sequence[float] = (1.0,), batch_size: int = 1, optimize: bool = False,
+                 scales: Sequence[float] = (1.0,), batch_size: int = 1, fast: bool = False,
                  compile: bool = False, threads: int | None = None,
                  progress: Callable[[int, int], None] | None = None):
         self.threshold = check_threshold(threshold)
@@ -90,7 +91,7 @@ class Predictor:
         if problem is not None:
             raise ConfigError(f"device: {problem}")
         self.device = resolve_device(str(device))
-        self._backend = open_backend(checkpoint, backend, device=self.device, optimize=optimize,
+        self._backend = open_backend(checkpoint, backend, device=self.device, fast=fast,
                                      compile=compile, threads=threads)
         self.backend = self._backend.name
         self.meta = self._backend.metadata

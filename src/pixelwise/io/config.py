@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from ..errors import ConfigError
 from .files import atomic_write_text
@@ -129,13 +130,12 @@ class TrainConfig(_Section):
     deterministic: bool = False
     amp: bool = True  # mixed precision, on CUDA only
     amp_dtype: Literal["float16", "bfloat16"] = "float16"
-    # NHWC activations: the faster convolution kernels on CPU (oneDNN) and on tensor cores;
-    # on CPU also 1x1 and fc-like convolutions as matrix products and deep 3x3 ones by
-    # Winograd's F(4x4, 3x3) (models.gemm, models.winograd).
-    channels_last: bool = True
-    # glibc malloc keeps freed activation buffers instead of unmapping them after each use
-    # (millions of page faults per epoch otherwise); Linux/glibc only, a no-op elsewhere.
-    tune_allocator: bool = True
+    # The fast path (pixelwise.fast): NHWC activations, the faster convolution kernels on CPU
+    # (oneDNN) and on tensor cores; on CPU also 1x1 and fc-like convolutions as matrix
+    # products and deep 3x3 ones by Winograd's F(4x4, 3x3); optimiser kernels without layout
+    # copies; glibc malloc keeping freed activation buffers (millions of page faults per
+    # epoch otherwise). false: the plain PyTorch path (NCHW, torch.optim, default allocator).
+    fast: bool = True
     # Under torchrun: BatchNorm statistics over the global batch (worth it for small per-GPU
     # batches; costs a collective per BatchNorm layer).
     sync_batchnorm: bool = False
@@ -154,6 +154,17 @@ class TrainConfig(_Section):
     checkpoint_every_steps: int | None = Field(None, ge=1)
     progress: bool = True
     tensorboard: bool = True  # when the tensorboard package is importable
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_switches(cls, data: Any) -> Any:
+        # train.channels_last and train.tune_allocator were the fast path's switches before
+        # train.fast; configs and checkpoints written with them read as train.fast.
+        if isinstance(data, dict) and {"channels_last", "tune_allocator"} & data.keys():
+            data = dict(data)
+            legacy = [data.pop(k) for k in ("channels_last", "tune_allocator") if k in data]
+            data.setdefault("fast", all(bool(v) for v in legacy))
+        return data
 
     @field_validator("best_metric")
     @classmethod

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from ..io.config import RunConfig
 from .budget import TimeBudget
-from ..fast.optim import SGD, AdamW
+from ..fast import optim as fast_optim
 
 DEFAULT_EPOCHS = 10  # without a time budget, when train.epochs is unset
 
@@ -40,12 +40,13 @@ def build_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
     groups = [g for g in groups if g["params"]]
     # The fused kernels update every tensor in one pass (AdamW: 37 ms instead of 103 ms per
     # step for 21 M parameters on one CPU thread); same update up to float rounding. The
-    # classes of .optim hand them channels_last tensors without a layout copy.
+    # classes of fast.optim (train.fast) hand them channels_last tensors without a layout copy.
     fused = all(p.device.type in ("cpu", "cuda") and p.dtype == torch.float32
                 for g in groups for p in g["params"])
+    optim = fast_optim if cfg.train.fast else torch.optim
     if o.name == "sgd":
-        return SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, fused=fused)
-    return AdamW(groups, lr=o.lr, betas=o.betas, fused=fused)
+        return optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, fused=fused)
+    return optim.AdamW(groups, lr=o.lr, betas=o.betas, fused=fused)
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, power: float = 0.9,

@@ -94,20 +94,18 @@ def resolve_model_kwargs(cfg: RunConfig, dataset) -> dict[str, Any]:
 
 
 def build_run_model(cfg: RunConfig, kwargs: dict[str, Any], device: torch.device) -> nn.Module:
-    """The registered model on ``device`` (channels-last when ``train.channels_last``; on
-    CPU then with 1x1 and fc-like convolutions as matrix products and deep 3x3 ones by
-    Winograd's algorithm, see ``models.gemm``)."""
+    """The registered model on ``device``, made fast for training with ``train.fast``
+    (:func:`pixelwise.fast.optimize.optimize_for_training`)."""
+    from ..fast.optimize import optimize_for_training
     from ..models import build_model
-    from ..fast.gemm import use_gemm_convs
 
     try:
         model = build_model(cfg.model.name, **kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model.kwargs: cannot build {cfg.model.name!r}: {e}") from e
     model.to(device)
-    if cfg.train.channels_last:
-        model.to(memory_format=torch.channels_last)
-        use_gemm_convs(model)  # CPU only
+    if cfg.train.fast:
+        optimize_for_training(model)
     return model
 
 

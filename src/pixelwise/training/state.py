@@ -82,7 +82,7 @@ class RunState:
 
     def to_device(self, images: torch.Tensor, masks: torch.Tensor):
         images = images.to(self.device, non_blocking=True)
-        if self.cfg.train.channels_last:
+        if self.cfg.train.fast:  # the model is channels_last too (build_run_model)
             images = images.contiguous(memory_format=torch.channels_last)
         return images, masks.to(self.device, non_blocking=True)
 

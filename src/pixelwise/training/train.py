@@ -178,7 +178,7 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
     from .preflight import preflight
 
     preflight(cfg)  # values that validate but would fail later: before any folder is made
-    if cfg.train.tune_allocator:
+    if cfg.train.fast:
         from ..fast.allocator import tune_malloc
 
         tune_malloc()
