@@ -1,6 +1,6 @@
 """AdamW and SGD whose fused kernels see channels_last tensors as the dense arrays they are.
 
-Training runs channels_last (``train.channels_last``), so every 4-D weight, its gradient and
+Training runs channels_last with ``train.fast``, so every 4-D weight, its gradient and
 its optimiser state are NHWC in memory. PyTorch's fused CPU kernels want NCHW-contiguous
 tensors and copy each one to that layout and back on every step: for FCN's fc6 weight
 (103 M values, one thread) fused AdamW takes 0.81 s per step instead of 0.31 s, fused SGD
@@ -8,6 +8,10 @@ tensors and copy each one to that layout and back on every step: for FCN's fc6 w
 and the update is elementwise, so handing the kernel those views gives the same update,
 bit for bit, without the copies. Optimiser state stays keyed by, and shaped like, the
 parameters, so state dicts are those of ``torch.optim``.
+
+``AdamW`` extends ``torch.optim.AdamW._init_group``, which is not public API: pyproject.toml
+pins torch to the range the tests run on, and ``tests/test_optim.py`` fails when the
+override stops giving torch's updates.
 """
 from __future__ import annotations
 
