@@ -21,7 +21,7 @@ from ..devices import device_problem
 from ..io.config import RunConfig
 from ..errors import ConfigError, PixelwiseError
 from ..models import geometry
-from ..models.probe import meta_forward, meta_model, min_input_size
+from ..models.probe import meta_forward, min_input_size
 
 
 def preflight(cfg: RunConfig) -> None:
@@ -90,7 +90,7 @@ def _check_data(cfg: RunConfig):
 
 
 def _check_model(cfg: RunConfig, spec) -> tuple[nn.Module, dict[str, Any]]:
-    from .setup import resolve_model_kwargs
+    from .setup import model_from_config, resolve_model_kwargs
 
     dataset = SimpleNamespace(num_classes=spec.num_classes, in_channels=spec.channels)
     kwargs = resolve_model_kwargs(cfg, dataset)
@@ -98,10 +98,7 @@ def _check_model(cfg: RunConfig, spec) -> tuple[nn.Module, dict[str, Any]]:
     if isinstance(pretrained, str) and not pretrained.startswith(("http://", "https://")) \
             and not Path(pretrained).expanduser().is_file():
         raise ConfigError(f"model.kwargs.pretrained: {pretrained}: weights file not found")
-    try:
-        return meta_model(cfg.model.name, kwargs), kwargs
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise ConfigError(f"model.kwargs: cannot build {cfg.model.name!r}: {e}") from None
+    return model_from_config(cfg, kwargs, meta=True), kwargs
 
 
 def _check_geometry(cfg: RunConfig, model: nn.Module, in_channels: int) -> int:
@@ -129,12 +126,12 @@ def _first_line(error: BaseException) -> str:
 
 
 def _check_loss(cfg: RunConfig, outputs: int, ignore_index: int) -> None:
-    from ..losses import build_loss
+    from .setup import build_criterion
 
     logits = torch.zeros(2, outputs, 4, 4)
     target = torch.zeros(2, 4, 4, dtype=torch.long)
+    criterion = build_criterion(cfg, ignore_index, torch.device("cpu"))  # the run's own loss
     try:
-        criterion = build_loss(cfg.loss.name, **{"ignore_index": ignore_index, **cfg.loss.kwargs})
         criterion(logits, target)
     except (TypeError, ValueError, RuntimeError, IndexError) as e:
         raise ConfigError(f"loss: {cfg.loss.name!r} does not fit a model with {outputs} output "

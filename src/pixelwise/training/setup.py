@@ -1,6 +1,7 @@
 """The parts of a run built from its config before training: data paths, datasets and the
 training transform, the model and its loss. Bad values raise :class:`ConfigError` naming the
-key, before any training (:mod:`pixelwise.training.preflight` checks the same without data)."""
+key, before any training. :mod:`pixelwise.training.preflight` checks a config with these same
+builders (the model on the meta device, the loss on zeros) before any data is read."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -93,17 +94,26 @@ def resolve_model_kwargs(cfg: RunConfig, dataset) -> dict[str, Any]:
     return kwargs
 
 
+def model_from_config(cfg: RunConfig, kwargs: dict[str, Any], meta: bool = False) -> nn.Module:
+    """``model.name`` built with ``kwargs``; ``meta``: on the meta device, shapes only, no
+    weights fetched (the preflight's check). A builder's refusal is a ConfigError naming
+    ``model.kwargs``."""
+    from ..models import build_model
+    from ..models.probe import meta_model
+
+    try:
+        return meta_model(cfg.model.name, kwargs) if meta else build_model(cfg.model.name,
+                                                                            **kwargs)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ConfigError(f"model.kwargs: cannot build {cfg.model.name!r}: {e}") from None
+
+
 def build_run_model(cfg: RunConfig, kwargs: dict[str, Any], device: torch.device) -> nn.Module:
     """The registered model on ``device``, made fast for training with ``train.fast``
     (:func:`pixelwise.fast.optimize.optimize_for_training`)."""
     from ..fast.optimize import optimize_for_training
-    from ..models import build_model
 
-    try:
-        model = build_model(cfg.model.name, **kwargs)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"model.kwargs: cannot build {cfg.model.name!r}: {e}") from e
-    model.to(device)
+    model = model_from_config(cfg, kwargs).to(device)
     if cfg.train.fast:
         optimize_for_training(model)
     return model
