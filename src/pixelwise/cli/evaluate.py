@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from ..inference.forward import DEFAULT_THRESHOLD
+
 
 @click.command(name="evaluate")
 @click.option("--checkpoint", "-c", required=True, type=click.Path(dir_okay=False),
@@ -20,7 +22,7 @@ import click
               help="Predict in tiles of this size (large images); default whole images.")
 @click.option("--overlap", type=click.FloatRange(0, 1, max_open=True), default=0.25,
               show_default=True, help="Tile overlap fraction.")
-@click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+@click.option("--threshold", type=click.FloatRange(0, 1), default=DEFAULT_THRESHOLD, show_default=True,
               help="Foreground probability threshold of a binary model (as train.val_threshold).")
 @click.option("--tolerance", type=click.IntRange(min=0), default=2, show_default=True,
               help="Boundary F1 matching tolerance in pixels.")

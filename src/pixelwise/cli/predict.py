@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
-from ..inference.backend import BACKENDS
 from ..errors import PixelwiseError
+from ..inference.backend import BACKENDS
+from ..inference.forward import DEFAULT_THRESHOLD
 
 RASTER_PIXELS = 2**26  # TIFFs above this (about 8,000 x 8,000) are predicted block by block
 
@@ -85,7 +86,7 @@ def _parse_shard(ctx, param, value: str | None) -> tuple[int, int] | None:
 @click.option("--tta", is_flag=True, help="Average over horizontal and vertical flips.")
 @click.option("--scales", default="1.0", callback=_parse_scales, show_default=True,
               help="Test-time scales, e.g. 0.75,1,1.25 (averaged with the flips).")
-@click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+@click.option("--threshold", type=click.FloatRange(0, 1), default=DEFAULT_THRESHOLD, show_default=True,
               help="Foreground probability threshold of a binary model.")
 @click.option("--backend", type=click.Choice(["auto", *BACKENDS]), default="auto",
               show_default=True, help="Inference engine; auto: onnxruntime for an .onnx file, "

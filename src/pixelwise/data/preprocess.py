@@ -14,6 +14,11 @@ import torch
 
 from ..errors import DataError
 
+# torchvision's ImageNet statistics: the default normalisation of 3-channel data (and of the
+# pretrained encoders' inputs).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 
 def adapt_channels(image: np.ndarray, channels: int, path: str | os.PathLike) -> np.ndarray:
     """Give an ``(H, W, C)`` image the spec's (or model's) channel count.

@@ -22,6 +22,7 @@ from ..io.checkpoint import Checkpoint, load_checkpoint
 from ..errors import ConfigError
 from ..io.files import atomic_write_json
 from ..metrics import SUMMARY_METRICS
+from ..metrics.confusion import mean_defined
 from ..devices import resolve_device
 from .forward import DEFAULT_THRESHOLD
 
@@ -120,11 +121,11 @@ def evaluate(checkpoint: str | os.PathLike | Checkpoint, spec: Any, split: str =
         "checkpoint": str(ckpt.path) if ckpt.path else None,
         "dataset": dataset.spec.name, "split": split, "num_images": len(dataset),
         **{k: metrics[k] for k in SUMMARY_METRICS},
-        "boundary_f1": _mean(bf_scores), "boundary_tolerance": boundary_tolerance,
+        "boundary_f1": mean_defined(bf_scores), "boundary_tolerance": boundary_tolerance,
     }
     if binary:
         finite = [h for h in hd_scores if h is not None and np.isfinite(h)]
-        result["hausdorff95"] = _mean(finite)
+        result["hausdorff95"] = mean_defined(finite)
     result["per_class"] = _per_class_table(metrics, dataset.class_names, mat)
     result["confusion_matrix"] = mat.tolist()
     # JSON has no inf/nan (an empty mask's Hausdorff distance): write null
@@ -171,11 +172,6 @@ def _score_split(dataset, predict: Callable[[np.ndarray], np.ndarray], tolerance
             if len(worst) > num_worst:
                 heapq.heappop(worst)  # drops the best of the kept (largest iou)
     return cm, per_image, kept, worst
-
-
-def _mean(values: list[float | None]) -> float | None:
-    defined = [float(v) for v in values if v is not None]
-    return sum(defined) / len(defined) if defined else None
 
 
 def _write_outputs(out: Path, result: dict[str, Any], ckpt: Checkpoint, dataset,

@@ -31,13 +31,12 @@ import torch.nn as nn
 from ..errors import CheckpointError
 from .files import atomic_torch_save
 from ..data.labels import LabelSet
+from ..data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from ..models.probe import meta_forward, meta_model, min_input_size
 from ..models.registry import build_model
 
 FORMAT = "pixelwise-checkpoint"
 VERSION = 1
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass

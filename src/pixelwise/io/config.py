@@ -27,6 +27,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_valid
                       model_validator)
 
 from ..errors import ConfigError
+from ..inference.forward import DEFAULT_THRESHOLD
 from .files import atomic_write_text
 
 __all__ = ["RunConfig", "ModelConfig", "DataConfig", "OptimConfig", "LossConfig", "TrainConfig",
@@ -143,7 +144,7 @@ class TrainConfig(_Section):
     val_every: int = Field(1, ge=1)  # epochs
     # A binary (one-logit) model's validation labels: foreground where sigmoid >= this, the
     # rule of `pixelwise evaluate --threshold` / `predict --threshold` (inference/forward.py).
-    val_threshold: float = Field(0.5, ge=0, le=1)
+    val_threshold: float = Field(DEFAULT_THRESHOLD, ge=0, le=1)
     best_metric: str = "mean_iou"
     best_mode: Literal["max", "min"] = "max"
     early_stopping_patience: int | None = Field(None, ge=1)  # validations without improvement

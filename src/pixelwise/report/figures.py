@@ -19,6 +19,7 @@ import numpy as np
 
 from ..io.files import atomic_write_bytes, atomic_write_text
 from ..metrics import SUMMARY_METRICS
+from ..metrics.confusion import mean_defined
 from .visualize import overlay, to_rgb8
 
 
@@ -143,10 +144,9 @@ def plot_class_iou(per_class_iou: Sequence[float | None], class_names: Sequence[
     ax.set_xlabel("IoU")
     for i, v in enumerate(per_class_iou):
         ax.text((v or 0.0) + 0.01, i, "n/a" if v is None else f"{v:.3f}", va="center", fontsize=8)
-    defined = [v for v in per_class_iou if v is not None]
-    if defined:
-        ax.axvline(sum(defined) / len(defined), color="k", linestyle="--", linewidth=1,
-                   label="mean IoU")
+    mean_iou = mean_defined(per_class_iou)
+    if mean_iou is not None:
+        ax.axvline(mean_iou, color="k", linestyle="--", linewidth=1, label="mean IoU")
         ax.legend(loc="lower right")
     ax.set_title("per-class IoU")
     return _save(fig, path)
