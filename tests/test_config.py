@@ -9,6 +9,8 @@ import yaml
 from pixelwise.io.config import RunConfig, apply_overrides, dump_config, load_config
 from pixelwise.errors import ConfigError
 
+from common import shared_data
+
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 BASE = {"model": {"name": "unet"}, "data": {"spec": "spec.yaml"}}
@@ -149,9 +151,8 @@ def test_recipe_validates(recipe):
     build_augment(cfg, ignore_index=255)
     spec = cfg.data.spec
     assert isinstance(spec, dict) and str(spec["root"]).startswith("../shared/data/")
-    root = REPO / spec["root"]
-    if not root.is_dir():
-        pytest.skip(f"{root} not present")
+    root = shared_data(Path(spec["root"]).name)
+    assert root.resolve() == (REPO / spec["root"]).resolve()
     ds = load_spec({**spec, "root": str(root)})
     for split in (cfg.data.train_split, cfg.data.val_split):
         assert ds.resolve(split), split

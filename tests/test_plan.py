@@ -14,6 +14,8 @@ from pixelwise.cli import cli
 from pixelwise.io.config import load_config
 from pixelwise.training.plan import Fingerprint, fingerprint, plan, sqrt_weights
 
+from common import shared_data
+
 
 def write_known_dataset(root: Path, n: int = 3, shape: tuple[int, int] = (40, 64)) -> Path:
     """Images of constant colour (0.2, 0.4, 0.6) x 255; masks: top half class 0, bottom
@@ -124,9 +126,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("name", ["camvid", "drive"])
 def test_the_default_recipes_are_what_the_planner_plans(name):
     # The recipes are the plans written out: a planned run on the shared data is the recipe.
-    root = REPO.parent / "shared" / "data" / name
-    if not root.is_dir():
-        pytest.skip(f"{root} not present")
+    root = shared_data(name)
     recipe = load_config(REPO / "recipes" / f"{name}.yaml")
     fp = fingerprint({"preset": name, "root": str(root)})
     planned = load_config(raw=plan(fp, {"preset": name, "root": "../shared/data/" + name},
