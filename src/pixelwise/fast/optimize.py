@@ -47,7 +47,7 @@ def optimize_for_inference(model: nn.Module, fold_bn: bool = True, channels_last
         model: a model (logits out).
         fold_bn: fold BatchNorm into the preceding convolutions.
         channels_last: convert the weights to NHWC; convolutions then run (and return) NHWC,
-            on CPU without ``compile`` with the GEMM convolutions of ``models.gemm``.
+            on CPU without ``compile`` with the GEMM convolutions of ``fast.gemm``.
         compile: wrap with ``torch.compile`` (inductor). The first call compiles (seconds to
             minutes); every new input shape compiles again.
         freezing: with ``compile``, let inductor treat the weights as constants. Call the
