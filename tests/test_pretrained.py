@@ -163,3 +163,35 @@ def test_normalisation_carried_from_encoder_to_checkpoint_predict_and_onnx(
     onnx = Predictor(path, backend="onnx")
     image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
     np.testing.assert_array_equal(onnx.predict(image).mask, predictor.predict(image).mask)
+
+
+# --- the torchvision encoders and the full-resolution skip ------------------------------------
+
+@pytest.mark.parametrize("name, layout", [("resnet34_unet_concat", "resnet34"),
+                                          ("resnet34_unet", "resnet34"), ("fcn8s", "vgg16")])
+def test_torchvision_encoders_carry_imagenet_normalisation(name, layout, tmp_path):
+    from common import torchvision_resnet_layout, torchvision_vgg16_layout
+
+    state = torchvision_vgg16_layout() if layout == "vgg16" else torchvision_resnet_layout(34)
+    torch.save(state, tmp_path / "w.pth")
+    kwargs = {"num_classes": 3} if name == "fcn8s" else {"in_channels": 1, "num_classes": 3}
+    model = pixelwise.build_model(name, pretrained=str(tmp_path / "w.pth"), **kwargs)
+    channels = 3 if name == "fcn8s" else 1
+    mean, std = weights.pretrained_normalization(model, channels)
+    if channels == 3:
+        assert (mean, std) == (weights.IMAGENET_MEAN, weights.IMAGENET_STD)
+    else:  # grey: the averages of the RGB statistics
+        assert mean == pytest.approx((0.449,), abs=1e-3) and std == pytest.approx((0.226,), abs=1e-3)
+    assert weights.pretrained_normalization(pixelwise.build_model(name, **kwargs), channels) is None
+
+
+def test_input_skip_adds_one_full_resolution_conv():
+    plain = pixelwise.build_model("efficientnet_lite0_unet")
+    skip = pixelwise.build_model("efficientnet_lite0_unet", input_skip=16)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    # conv 3 -> 16 (3x3, bias) + BN(16), and 16 more inputs to the last block's first conv
+    assert count(skip) - count(plain) == (3 * 9 * 16 + 16) + 2 * 16 + 16 * 9 * 16
+    assert skip(torch.randn(1, 3, 45, 61)).shape == (1, 2, 45, 61)
+    with pytest.raises(ValueError, match="input_skip"):  # VGG16's first stage is at stride 1
+        pixelwise.build_model("vgg16_unet", decoder_channels=[8] * 4).__class__(
+            pixelwise.build_model("vgg16_unet").encoder, 2, [8] * 4, input_skip=8)

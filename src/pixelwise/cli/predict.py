@@ -116,11 +116,16 @@ def _parse_shard(ctx, param, value: str | None) -> tuple[int, int] | None:
 @click.option("--fail-fast", is_flag=True,
               help="Stop at the first input that cannot be read (default: list it, go on, "
                    "exit 1 at the end).")
+@click.option("--format", "polygons", type=click.Choice(["png", "labelme", "coco"]),
+              default="png", show_default=True,
+              help="Also write the masks as polygons the tools open: NAME.json per image "
+                   "(labelme) or coco.json (coco); outlines simplified within 1 px.")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show progress bars (stderr; rank 0 only under torchrun).")
 def command(inputs, files_from, shard, checkpoint, output, tile_size, overlap, tta, scales,
             threshold, backend, probs, probs_format, batch_size, frames_per_batch, mask_video,
-            device, fast, raster, block_size, skip_existing, fail_fast, progress) -> None:
+            device, fast, raster, block_size, skip_existing, fail_fast, polygons,
+            progress) -> None:
     """Predict class masks for images, videos, folders and glob patterns.
 
     Writes per image NAME_mask.png (palette PNG of class indices, class names in a text
@@ -177,6 +182,10 @@ def command(inputs, files_from, shard, checkpoint, output, tile_size, overlap, t
         bars.close()
         leave_group(group)
     summary = write_summary(predictor, results, out, summary_name) if group.rank == 0 else None
+    if summary is not None and polygons != "png":
+        from ..data.annotations.export import write_predictions
+
+        write_predictions(polygons, summary, out, summary_name.replace("summary", "coco"))
     _report(group.rank, results, summary, out / summary_name)
 
 
