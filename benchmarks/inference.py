@@ -84,7 +84,7 @@ def build_runner(spec: dict):
     if config == "ort":
         import numpy as np
 
-        from pixelwise.engine.backend import make_ort_session
+        from pixelwise.inference.backend import make_ort_session
 
         session = make_ort_session(spec["onnx"], threads=spec["threads"])
         name = session.get_inputs()[0].name
@@ -93,7 +93,7 @@ def build_runner(spec: dict):
     if config == "smp":  # under the peers venv's python, where pixelwise does not import
         model = smp_unet(spec["model"], spec["kwargs"]["num_classes"]).eval()
     else:
-        from pixelwise.engine.optimize import optimize_for_inference
+        from pixelwise.fast.optimize import optimize_for_inference
         from pixelwise.models import build_model
 
         model = build_model(spec["model"], **spec["kwargs"]).eval()
@@ -186,7 +186,7 @@ def count_flops(model: str, kwargs: dict, size: int) -> float:
 
 def export_onnx_file(model: str, kwargs: dict, folder: Path) -> Path:
     """Export the benchmark model (random weights, seed 0) once, outside the timed processes."""
-    from pixelwise.checkpoint import Checkpoint
+    from pixelwise.io.checkpoint import Checkpoint
     from pixelwise.export import export_onnx
     from pixelwise.models import build_model
 

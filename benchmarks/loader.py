@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from pixelwise.data import SegmentationDataset, build_transforms, load_spec
-from pixelwise.io import atomic_write_json
+from pixelwise.io.files import atomic_write_json
 from pixelwise.models import build_model
 
 

@@ -32,8 +32,8 @@ MODEL = "unet"
 
 
 def worker(spec: dict) -> dict:
-    from pixelwise.checkpoint import Checkpoint
-    from pixelwise.engine.predict import Predictor
+    from pixelwise.io.checkpoint import Checkpoint
+    from pixelwise.inference.predict import Predictor
     from pixelwise.models import build_model
 
     torch.set_num_threads(spec["threads"])
@@ -48,7 +48,7 @@ def worker(spec: dict) -> dict:
         ckpt = Checkpoint(model=build_model(MODEL, **kwargs).eval(), model_name=MODEL,
                           model_kwargs=kwargs, class_names=["0", "1"], mean=(0.5,) * 3,
                           std=(0.25,) * 3)
-        predictor = Predictor(ckpt, optimize=spec["config"] != "eager",
+        predictor = Predictor(ckpt, fast=spec["config"] != "eager",
                               compile=spec["config"] == "compile", **common)
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (spec["size"], spec["size"], 3), dtype=np.uint8)

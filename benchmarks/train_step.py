@@ -165,11 +165,11 @@ def peer_step(side: str, name: str):
 
 
 def pixelwise_step(name: str):
-    from pixelwise.config import load_config
-    from pixelwise.engine.allocator import tune_malloc
-    from pixelwise.engine.forward import whole_image_logits
-    from pixelwise.engine.schedule import build_optimizer
-    from pixelwise.engine.setup import build_run_model
+    from pixelwise.io.config import load_config
+    from pixelwise.fast.allocator import tune_malloc
+    from pixelwise.inference.forward import whole_image_logits
+    from pixelwise.training.schedule import build_optimizer
+    from pixelwise.training.setup import build_run_model
     from pixelwise.losses import build_loss
 
     tune_malloc()
@@ -183,7 +183,7 @@ def pixelwise_step(name: str):
     model.train()
 
     def step(x, y):
-        if cfg.train.channels_last:
+        if cfg.train.fast:
             x = x.contiguous(memory_format=torch.channels_last)
         loss = criterion(whole_image_logits(model, x), y)
         opt.zero_grad(set_to_none=True)

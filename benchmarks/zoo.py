@@ -18,7 +18,7 @@ pixelwise's own trainer (``train.max_minutes``: the schedule is laid over the st
 with one recipe for all (ISBI 2012 or DRIVE from ``../shared/data``: 256 px crops, batch 2,
 flips and 90-degree rotations, AdamW 1e-3 with cosine decay, Dice + cross-entropy, two-class
 softmax), and the final checkpoint is scored on the validation split with
-:func:`pixelwise.engine.evaluate.evaluate`: mean Dice, mean IoU and Hausdorff 95.
+:func:`pixelwise.inference.evaluate.evaluate`: mean Dice, mean IoU and Hausdorff 95.
 
     python benchmarks/zoo.py --seconds 600                     # the full comparison
     python benchmarks/zoo.py --smoke --models unet_plus_plus,segnet --seconds 5
@@ -151,9 +151,9 @@ def run_config(name: str, dataset: str, seconds: float, crop: int, batch: int,
 def train_and_score(name: str, dataset: str, seconds: float, crop: int, batch: int,
                     out_dir: Path) -> dict:
     """Train ``name`` for ``seconds`` with the shared recipe; score the last checkpoint."""
-    from pixelwise.config import load_config
-    from pixelwise.engine.evaluate import evaluate
-    from pixelwise.engine.train import train
+    from pixelwise.io.config import load_config
+    from pixelwise.inference.evaluate import evaluate
+    from pixelwise.training.train import train
 
     cfg = load_config(raw=run_config(name, dataset, seconds, crop, batch, out_dir))
     start = time.perf_counter()

@@ -1,10 +1,40 @@
 """Constants shared by the test modules."""
+import os
 from pathlib import Path
 
+import pytest
 import torch
 
 # ../shared/data beside the repository (CI clones the repo with shared/ next to it).
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# The data sets it holds (its README.md); other presets' data is not expected there.
+SHARED_DATASETS = ("camvid", "drive", "isbi2012")
+# Set to 1 where ../shared/data is absent on purpose: its tests then skip instead of failing.
+NO_SHARED_DATA = "PIXELWISE_NO_SHARED_DATA"
+
+
+def absent_on_purpose(name: str) -> bool:
+    """``../shared/data/<name>`` is missing and ``PIXELWISE_NO_SHARED_DATA=1`` says so."""
+    return not (SHARED_DATA / name).is_dir() and os.environ.get(NO_SHARED_DATA) == "1"
+
+
+def shared_data(name: str) -> Path:
+    """``../shared/data/<name>`` for a test that reads it.
+
+    A data set ../shared/data holds must be there: when it is missing the test fails (CI has
+    it), unless ``PIXELWISE_NO_SHARED_DATA=1`` says it is absent on purpose, when it skips.
+    Data sets ../shared/data does not hold (``voc2012``) skip.
+    """
+    root = SHARED_DATA / name
+    if root.is_dir():
+        return root
+    if name not in SHARED_DATASETS:
+        pytest.skip(f"{name} is not one of the data sets in ../shared/data")
+    if absent_on_purpose(name):
+        pytest.skip(f"{root} absent ({NO_SHARED_DATA}=1)")
+    pytest.fail(f"{root} is missing: the tests read ../shared/data beside the repository; "
+                f"set {NO_SHARED_DATA}=1 to skip these tests where it is absent on purpose",
+                pytrace=False)
 
 # Smallest constructor arguments per registered model, so tests over the zoo stay fast.
 TINY = {

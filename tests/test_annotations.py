@@ -155,10 +155,10 @@ def test_data_convert_writes_pngs_and_a_plain_spec(tmp_path):
 
 @pytest.mark.parametrize("encoding", ["coco", "labelme"])
 def test_training_straight_from_annotation_files(encoding, tmp_path):
-    from pixelwise.config import load_config
+    from pixelwise.io.config import load_config
     from pixelwise.data.annotations.export import coco_document, write_labelme
     from pixelwise.data.synthetic import write_synthetic_dataset
-    from pixelwise.engine import train as T
+    from pixelwise.training import train as T
 
     spec_path = write_synthetic_dataset(tmp_path / "data", n_train=4, n_val=2, size=32, seed=2)
     raw = yaml.safe_load(spec_path.read_text())

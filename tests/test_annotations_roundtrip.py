@@ -55,7 +55,7 @@ def test_outline_of_a_ring_with_an_island():
 def _ckpt(path: Path) -> Path:
     import torch
 
-    from pixelwise.checkpoint import save_checkpoint
+    from pixelwise.io.checkpoint import save_checkpoint
     from pixelwise.models import build_model
 
     torch.manual_seed(0)

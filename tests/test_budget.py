@@ -7,10 +7,10 @@ import csv
 import pytest
 import torch
 
-from pixelwise.config import load_config
-from pixelwise.engine import budget as B
-from pixelwise.engine import schedule as S
-from pixelwise.engine import train as T
+from pixelwise.io.config import load_config
+from pixelwise.training import budget as B
+from pixelwise.training import schedule as S
+from pixelwise.training import train as T
 
 from test_train import spec_path, tiny_config  # noqa: F401  (fixture and helper)
 

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 import pixelwise
-from pixelwise.checkpoint import make_checkpoint, read_checkpoint
+from pixelwise.io.checkpoint import make_checkpoint, read_checkpoint
 from pixelwise.errors import CheckpointError
-from pixelwise.io import atomic_torch_save, atomic_write
+from pixelwise.io.files import atomic_torch_save, atomic_write
 
 
 def small_model():

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pixelwise.checkpoint import load_checkpoint, make_checkpoint, read_checkpoint
+from pixelwise.io.checkpoint import load_checkpoint, make_checkpoint, read_checkpoint
 from pixelwise.cli import main
 from pixelwise.errors import CheckpointError
 from pixelwise.models import build_model

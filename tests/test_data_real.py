@@ -1,21 +1,11 @@
-"""Presets on the real datasets in ../shared/data (skipped where absent)."""
+"""Presets on the real datasets in ../shared/data (see common.shared_data when absent)."""
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
 from pixelwise.data import SegmentationDataset, build_transforms, load_spec, quick_check
-from common import SHARED_DATA
-
-DATA = SHARED_DATA
-
-
-def _root(name):
-    root = DATA / name
-    if not root.is_dir():
-        pytest.skip(f"{root} not present")
-    return root
+from common import shared_data as _root
 
 
 def test_camvid_eleven_classes_void_ignored():

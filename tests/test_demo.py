@@ -9,7 +9,7 @@ from PIL import Image
 from pixelwise.cli import cli
 from pixelwise.data import load_spec, SegmentationDataset
 from pixelwise.data.synthetic import CLASS_NAMES, generate_sample, write_synthetic_dataset
-from pixelwise.demo import run_demo
+from pixelwise.training.demo import run_demo
 
 
 def test_synthetic_data_is_deterministic_and_multiclass(tmp_path):

@@ -105,7 +105,7 @@ def test_declared_normalisation_is_the_weights_own():
     """Our pipeline's normalisation (the model's declared mean / std, applied as pixelwise's
     preprocessing does) against the reference fed TF's (x - 127.5) / 127.5: any other
     normalisation changes the logits far beyond the tolerance."""
-    from pixelwise.preprocess import to_tensor
+    from pixelwise.data.preprocess import to_tensor
 
     model = pixelwise.build_model("efficientnet_lite0_unet", pretrained=True)
     mean, std = weights.pretrained_normalization(model, 3)
@@ -120,7 +120,7 @@ def test_declared_normalisation_is_the_weights_own():
 
 
 def test_imagenet_top5_on_road_scenes():
-    from pixelwise.preprocess import to_tensor
+    from pixelwise.data.preprocess import to_tensor
 
     model = converted("lite0")
     mean, std = weights.normalization_of("efficientnet_lite0")

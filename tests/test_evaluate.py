@@ -11,8 +11,8 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from pixelwise.checkpoint import save_checkpoint
-from pixelwise.engine.evaluate import evaluate
+from pixelwise.io.checkpoint import save_checkpoint
+from pixelwise.inference.evaluate import evaluate
 from pixelwise.errors import ConfigError
 from pixelwise.models import build_model
 
@@ -145,7 +145,7 @@ def test_binary_model_on_two_class_data(tmp_path, monkeypatch):
     assert (tmp_path / "out" / "report.html").is_file()
 
     # an empty prediction has no surface: its distance is infinite, written as null
-    import pixelwise.engine.evaluate as ev
+    import pixelwise.inference.evaluate as ev
 
     truth = (mask > 0).astype(np.int64)
     monkeypatch.setattr(ev, "_mask_predictor",

@@ -7,20 +7,19 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from pixelwise.checkpoint import load_checkpoint, save_checkpoint
+from pixelwise.io.checkpoint import load_checkpoint, save_checkpoint
 from pixelwise.data.synthetic import generate_sample
-from pixelwise.engine.backend import make_ort_session, read_onnx_metadata
+from pixelwise.inference.backend import make_ort_session, read_onnx_metadata
 from pixelwise.errors import CheckpointError, PixelwiseError
 from pixelwise.export import TOLERANCE, export_onnx, export_torchscript, load_torchscript
 from pixelwise.models import build_model, list_models
-from pixelwise.preprocess import to_tensor
+from pixelwise.data.preprocess import to_tensor
 
-from common import SHARED_DATA, TINY
+from common import TINY, absent_on_purpose, shared_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-CAMVID = SHARED_DATA / "camvid" / "val"
 # FCN-16s/32s are FCN-8s minus skip branches, with the same 134 M-parameter VGG16: each export
 # takes ~15 s here, so only FCN-8s runs in the default suite.
 SLOW = {"fcn16s", "fcn32s"}
@@ -50,9 +49,7 @@ def make_checkpoint(path, name, kwargs):
 
 def camvid_batch(channels, size, batch=1):
     """Real CamVid images resized to ``size`` (h, w), normalised like the checkpoint."""
-    if not CAMVID.is_dir():
-        pytest.skip("CamVid not available")
-    files = sorted(CAMVID.glob("*.png"))[:batch]
+    files = sorted((shared_data("camvid") / "val").glob("*.png"))[:batch]
     tensors = []
     for f in files:
         im = Image.open(f).convert("RGB" if channels == 3 else "L").resize(size[::-1])
@@ -75,8 +72,8 @@ def generated_batch(channels, size, batch=1):
 
 
 def image_sources() -> list:
-    """Generated images everywhere; real CamVid images too where the data is present."""
-    return [generated_batch] + ([camvid_batch] if CAMVID.is_dir() else [])
+    """Generated images everywhere; real CamVid images too (missing: see common.shared_data)."""
+    return [generated_batch] + ([] if absent_on_purpose("camvid") else [camvid_batch])
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
@@ -165,7 +162,7 @@ def test_cli_export_onnx_and_torchscript(tmp_path, capsys):
 def test_parity_is_checked_in_the_library_with_one_tolerance(tmp_path, monkeypatch):
     """Both exports go through export.parity.check_parity: a graph off by more than the
     tolerance is refused and nothing is written; within it, the export passes."""
-    from pixelwise.engine import backend
+    from pixelwise.inference import backend
     from pixelwise.export import parity
 
     ckpt = load_checkpoint(make_checkpoint(tmp_path / "m.pt", "unet", TINY["unet"]))

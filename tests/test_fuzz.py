@@ -46,7 +46,7 @@ IMAGES[".npy"] = [_npy.getvalue()]
 
 
 def _checkpoint_bytes() -> bytes:
-    from pixelwise.checkpoint import make_checkpoint
+    from pixelwise.io.checkpoint import make_checkpoint
     from pixelwise.models import build_model
 
     kwargs = dict(in_channels=1, num_classes=2, base_channels=2, depth=1)
@@ -128,7 +128,7 @@ def _upload(case) -> None:
 
 @fuzz(inputs([_checkpoint_bytes()]))
 def _checkpoint(data: bytes) -> None:
-    from pixelwise.checkpoint import load_checkpoint
+    from pixelwise.io.checkpoint import load_checkpoint
 
     path = WORK / "checkpoint.pt"
     path.write_bytes(data)

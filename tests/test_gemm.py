@@ -5,8 +5,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pixelwise.models import build_model
-from pixelwise.models.gemm import GemmConv2d, gemm_conv2d, gemm_eligible, use_gemm_convs
-from pixelwise.models.winograd import WinogradConv2d
+from pixelwise.fast.gemm import GemmConv2d, gemm_conv2d, gemm_eligible, use_gemm_convs
+from pixelwise.fast.winograd import WinogradConv2d
 
 CL = torch.channels_last
 

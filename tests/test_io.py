@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-import pixelwise.io as pio
+import pixelwise.io.files as pio
 from pixelwise.errors import PixelwiseError
 
 
@@ -60,7 +60,7 @@ def test_file_size_limit_from_the_kernel(tmp_path):
     # A real failed write(2) (EFBIG under RLIMIT_FSIZE), in a child process.
     code = textwrap.dedent(f"""
         import resource, signal, torch
-        from pixelwise.io import atomic_torch_save
+        from pixelwise.io.files import atomic_torch_save
         from pixelwise.errors import PixelwiseError
         path = {str(tmp_path / 'last.pt')!r}
         atomic_torch_save({{"epoch": 1}}, path)

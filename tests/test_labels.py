@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from pixelwise.checkpoint import load_checkpoint, save_checkpoint
+from pixelwise.io.checkpoint import load_checkpoint, save_checkpoint
 from pixelwise.data.spec import load_spec
-from pixelwise.engine.predict import Predictor
-from pixelwise.labels import LabelSet, class_areas, class_pixels
+from pixelwise.inference.predict import Predictor
+from pixelwise.data.labels import LabelSet, class_areas, class_pixels
 from pixelwise.models import build_model
 
 # The PASCAL VOC colour map's first values (visualize.default_palette).

@@ -1,9 +1,9 @@
-"""models/layout.py: dense_grad changes where a gradient lives in memory, never its values."""
+"""fast/layout.py: dense_grad changes where a gradient lives in memory, never its values."""
 import torch
 import torch.nn.functional as F
 
 from pixelwise.models import build_model
-from pixelwise.models.layout import dense_grad
+from pixelwise.fast.layout import DenseGradResize, dense_grad, use_layout_modules
 
 CL = torch.channels_last
 
@@ -54,10 +54,12 @@ def test_no_graph_node_without_autograd():
 
 def test_decoder_gradients_equal_with_and_without(monkeypatch):
     """vgg16_unet's parameter gradients are the same with dense_grad switched off."""
-    import pixelwise.models.layout as layout
+    import pixelwise.fast.layout as layout
 
     torch.manual_seed(0)
     model = build_model("vgg16_unet", num_classes=3).to(memory_format=CL)
+    assert use_layout_modules(model) == 1  # the decoder's upsampling to the skips
+    assert isinstance(model.upsample_to_skip, DenseGradResize)
     x = torch.randn(1, 3, 32, 32).contiguous(memory_format=CL)
     y = torch.randint(0, 3, (1, 32, 32))
     runs = []
@@ -71,7 +73,7 @@ def test_decoder_gradients_equal_with_and_without(monkeypatch):
 
 
 def test_is_channels_last():
-    from pixelwise.models.layout import is_channels_last
+    from pixelwise.fast.layout import is_channels_last
 
     assert is_channels_last(torch.zeros(2, 3, 4, 5).contiguous(memory_format=CL))
     assert not is_channels_last(torch.zeros(2, 3, 4, 5))

@@ -3,10 +3,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from pixelwise.engine.optimize import optimize_for_inference
+from pixelwise.fast.optimize import optimize_for_inference
 from pixelwise.models import build_model, list_models
-from pixelwise.models.fold import count_batchnorms, fold_batchnorm, fold_conv_bn
-from pixelwise.models.gemm import GemmConv2d
+from pixelwise.fast.fold import count_batchnorms, fold_batchnorm, fold_conv_bn
+from pixelwise.fast.gemm import GemmConv2d
 from common import TINY
 
 

@@ -11,8 +11,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 from pixelwise.cli import cli
-from pixelwise.config import load_config
-from pixelwise.plan import Fingerprint, fingerprint, plan, sqrt_weights
+from pixelwise.io.config import load_config
+from pixelwise.training.plan import Fingerprint, fingerprint, plan, sqrt_weights
+
+from common import shared_data
 
 
 def write_known_dataset(root: Path, n: int = 3, shape: tuple[int, int] = (40, 64)) -> Path:
@@ -97,7 +99,7 @@ def test_sqrt_weights_keep_unseen_classes_at_zero():
 
 def test_planned_run_writes_a_config_that_reruns(tmp_path, monkeypatch, one_thread):
     # from scratch here (the pretrained plan: tests/test_pretrained.py)
-    monkeypatch.setattr("pixelwise.plan.find_pretrained", lambda: None)
+    monkeypatch.setattr("pixelwise.training.plan.find_pretrained", lambda: None)
     spec = write_known_dataset(tmp_path / "data", n=4, shape=(64, 64))
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(cli, ["train", "--data", str(spec), "--minutes", "0.05",
@@ -126,9 +128,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("name", ["camvid", "drive"])
 def test_the_default_recipes_are_what_the_planner_plans(name):
     # The recipes are the plans written out: a planned run on the shared data is the recipe.
-    root = REPO.parent / "shared" / "data" / name
-    if not root.is_dir():
-        pytest.skip(f"{root} not present")
+    root = shared_data(name)
     recipe = load_config(REPO / "recipes" / f"{name}.yaml")
     fp = fingerprint({"preset": name, "root": str(root)})
     # the recipes are the plans on a machine with the ImageNet weights (the test extra)

@@ -11,10 +11,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pixelwise.checkpoint import load_checkpoint, save_checkpoint
-from pixelwise.engine.predict import Predictor, collect_inputs, predict_paths
-from pixelwise.engine.raster import TiffRegionReader, predict_raster
-from pixelwise.engine.tiling import mirror_pad
+from pixelwise.io.checkpoint import load_checkpoint, save_checkpoint
+from pixelwise.inference.batch import collect_inputs, predict_paths
+from pixelwise.inference.predict import Predictor
+from pixelwise.inference.raster import TiffRegionReader, predict_raster
+from pixelwise.inference.tiling import mirror_pad
 from pixelwise.errors import ConfigError, DataError
 from pixelwise.models import build_model
 
@@ -158,7 +159,7 @@ def test_onnxruntime_backend_matches_torch(ckpt3, ckpt_binary, tmp_path):
 
 
 def test_predict_batch_matches_single(ckpt3):
-    pred = Predictor(ckpt3, optimize=True)
+    pred = Predictor(ckpt3, fast=True)
     imgs = [image(32, 40, seed=1), image(20, 24, seed=2), image(32, 40, seed=3)]
     single = Predictor(ckpt3)
     for got, img in zip(pred.predict_batch(imgs), imgs):
@@ -174,7 +175,7 @@ def test_bad_arguments():
 
 
 def test_backend_is_chosen_explicitly(ckpt3, tmp_path):
-    """An .onnx file no longer overrides backend, optimize and compile: a contradiction is a
+    """An .onnx file no longer overrides backend, fast and compile: a contradiction is a
     one-line ConfigError naming it (and a usage error, exit 2, from the CLI)."""
     from pixelwise.cli import main
     from pixelwise.export import export_onnx
@@ -183,20 +184,20 @@ def test_backend_is_chosen_explicitly(ckpt3, tmp_path):
     with pytest.raises(ConfigError, match=r"m.onnx is an exported ONNX model: it runs on "
                                           r"backend 'onnxruntime', not 'torch'"):
         Predictor(onnx_file)
-    for option in ("optimize", "compile"):
-        with pytest.raises(ConfigError, match="optimize and compile are options of the torch"):
+    for option in ("fast", "compile"):
+        with pytest.raises(ConfigError, match="fast and compile are options of the torch"):
             Predictor(onnx_file, backend="onnxruntime", **{option: True})
     with pytest.raises(ConfigError, match="unet3.pt is a checkpoint: backend 'onnxruntime' "
                                           "runs exported models"):
         Predictor(ckpt3, backend="onnxruntime")
     Image.fromarray(image(16, 16)).save(tmp_path / "a.png")
-    for extra in (["--backend", "torch"], ["--optimize"]):
+    for extra in (["--backend", "torch"], ["--fast"], ["--optimize"]):  # --optimize: old name
         with pytest.raises(SystemExit) as e:
             main(["predict", "-c", str(onnx_file), str(tmp_path / "a.png"), "-o",
                   str(tmp_path / "o"), "--no-progress", *extra])
         assert e.value.code == 2
     assert not (tmp_path / "o").exists()
-    # auto: the file's own backend, with torch's default --optimize left off
+    # auto: the file's own backend, with torch's default --fast left off
     with pytest.raises(SystemExit) as e:
         main(["predict", "-c", str(onnx_file), str(tmp_path / "a.png"), "-o",
               str(tmp_path / "o"), "--no-progress"])
@@ -297,8 +298,8 @@ def test_raster_rejects_missing_file(ckpt3, tmp_path):
 
 HUGE_SCRIPT = textwrap.dedent("""
     import sys, numpy as np, tifffile
-    from pixelwise.engine.predict import Predictor
-    from pixelwise.engine.raster import predict_raster
+    from pixelwise.inference.predict import Predictor
+    from pixelwise.inference.raster import predict_raster
     src, dst, ckpt, size = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     ramp = (np.arange(512, dtype=np.uint16)[:, None] + np.arange(512)[None, :]) % 256
     tile = np.repeat(ramp.astype(np.uint8)[..., None], 3, axis=-1)
@@ -344,7 +345,7 @@ def test_cli_predict_images_and_raster(ckpt3, tmp_path, capsys):
     assert exit_info.value.code == 0
     assert {p.name for p in out.iterdir()} == {"a_mask.png", "a_overlay.png", "a_probs.npy",
                                               "summary.json", "scene_mask.tif"}
-    want = Predictor(ckpt3, tile_size=32, tta=True, optimize=True).predict(
+    want = Predictor(ckpt3, tile_size=32, tta=True, fast=True).predict(
         np.asarray(Image.open(tmp_path / "a.png")))
     assert np.array_equal(np.asarray(Image.open(out / "a_mask.png")), want.mask)
     with tifffile.TiffFile(out / "scene_mask.tif") as tif:

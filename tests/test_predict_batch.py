@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from pixelwise.cli import main
-from pixelwise.engine.batch import plan_jobs, shard
+from pixelwise.inference.batch import plan_jobs, shard
 from test_predict import UNET3, _save, image
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -12,7 +12,7 @@ from PIL import Image
 
 from pixelwise import save_checkpoint
 from pixelwise.cli import main
-from pixelwise.engine.predict import Predictor
+from pixelwise.inference.predict import Predictor
 from pixelwise.errors import ConfigError
 from pixelwise.models import build_model
 
@@ -45,7 +45,7 @@ def test_small_images_padded_for_every_backend(source, request, checkpoint):
     if source == "checkpoint+ort":  # a checkpoint on ONNX Runtime, exported in memory
         from pixelwise.cli.predict import choose_backend
 
-        path, backend, _ = choose_backend(path, backend, optimize=None)
+        path, backend, _ = choose_backend(path, backend, fast=None)
     predictor = Predictor(path, backend=backend)
     assert predictor.min_input_size == 8
     # "Any size": a side under 8 px is mirrored out to 8 and the result cropped back. A constant

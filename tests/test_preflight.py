@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pixelwise.config import load_config
-from pixelwise.engine.preflight import device_problem, preflight
+from pixelwise.io.config import load_config
+from pixelwise.devices import device_problem
+from pixelwise.training.preflight import preflight
 from pixelwise.errors import ConfigError
 
 

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from pixelwise.errors import DataError
-from pixelwise.preprocess import adapt_channels, to_tensor
-from pixelwise.visualize import colorize, default_palette, overlay
+from pixelwise.data.preprocess import adapt_channels, to_tensor
+from pixelwise.report.visualize import colorize, default_palette, overlay
 
 
 def test_to_tensor_scales_by_dtype_then_normalises():

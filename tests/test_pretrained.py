@@ -111,7 +111,7 @@ def test_grey_input_adapts_the_stem_and_the_normalisation():
 # --- the planner ------------------------------------------------------------------------------
 
 def test_plan_with_weights_uses_the_pretrained_encoder_and_its_normalisation():
-    from pixelwise.plan import PRETRAINED_MODELS, plan
+    from pixelwise.training.plan import PRETRAINED_MODELS, plan
     from test_plan import scene
 
     raw = plan(scene(), {"preset": "camvid", "root": "/data"}, 15, pretrained=LITE0)
@@ -146,8 +146,8 @@ def test_planner_without_weights_trains_from_scratch_and_says_how_to_get_them(
 
 def test_normalisation_carried_from_encoder_to_checkpoint_predict_and_onnx(
         tmp_path, monkeypatch, one_thread):
-    from pixelwise.engine.backend import read_onnx_metadata
-    from pixelwise.engine.predict import Predictor
+    from pixelwise.inference.backend import read_onnx_metadata
+    from pixelwise.inference.predict import Predictor
     from pixelwise.export import export_onnx
 
     output, run = planned_run(tmp_path, monkeypatch)

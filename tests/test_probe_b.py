@@ -15,14 +15,14 @@ from PIL import Image
 
 from pixelwise import save_checkpoint
 from pixelwise.cli import cli
-from pixelwise.config import load_config
+from pixelwise.io.config import load_config
 from pixelwise.data import check_dataset, load_spec, quick_check
-from pixelwise.engine import tiling
-from pixelwise.engine.preflight import preflight
-from pixelwise.engine.predict import Predictor
+from pixelwise.inference import tiling
+from pixelwise.training.preflight import preflight
+from pixelwise.inference.predict import Predictor
 from pixelwise.errors import ConfigError, DataError, worker_message
 from pixelwise.models import build_model
-from pixelwise.plan import Fingerprint, fingerprint, plan
+from pixelwise.training.plan import Fingerprint, fingerprint, plan
 
 
 def _png(path, array):
@@ -71,7 +71,7 @@ def test_empty_list_file_is_a_problem_everywhere(tmp_path, checkpoint):
 def test_evaluate_refuses_masks_without_a_labelled_pixel(tmp_path, checkpoint):
     spec = _tree(tmp_path, n=2)
     spec["mask"] = {"encoding": "indices", "ignore_values": [0, 1]}  # every pixel ignored
-    from pixelwise.engine.evaluate import evaluate
+    from pixelwise.inference.evaluate import evaluate
 
     with pytest.raises(DataError, match="no labelled pixel in its 2 mask"):
         evaluate(checkpoint, spec, "train", tmp_path / "eval", device="cpu")
@@ -184,7 +184,7 @@ def test_worker_error_is_one_line_naming_the_file():
 # -- 12: one input's failure, and the memory of tiled prediction -------------------------------
 
 def test_a_failure_of_any_kind_stops_only_its_input(tmp_path, monkeypatch):
-    from pixelwise.engine import batch
+    from pixelwise.inference import batch
 
     def fake(predictor, job, out, opts):
         if job.path.name == "huge.png":
@@ -223,7 +223,7 @@ def test_tiled_sums_are_float64_for_one_band_only(monkeypatch):
 # -- 13: video --skip-existing over an empty areas file ----------------------------------------
 
 def test_empty_video_areas_file_is_predicted_again(tmp_path):
-    from pixelwise.engine.video import video_entry_from_outputs
+    from pixelwise.inference.video import video_entry_from_outputs
 
     (tmp_path / "clip_areas.csv").write_text("")
     with pytest.raises(DataError, match="clip_areas.csv: no header"):

@@ -21,8 +21,8 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient  # noqa: E402
 
-from pixelwise.engine.predict import Predictor  # noqa: E402
-from pixelwise.labels import LabelSet  # noqa: E402
+from pixelwise.inference.predict import Predictor  # noqa: E402
+from pixelwise.data.labels import LabelSet  # noqa: E402
 from pixelwise.serve import create_app  # noqa: E402
 from pixelwise.serve.batching import InferenceQueue, QueueFull  # noqa: E402
 from pixelwise.serve.images import sniff_format  # noqa: E402

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from pixelwise.engine.tiling import (gaussian_window, mirror_indices, mirror_pad, sliding_window,
+from pixelwise.inference.tiling import (gaussian_window, mirror_indices, mirror_pad, sliding_window,
                                      tile_starts)
 from pixelwise.models import build_model
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from pixelwise.checkpoint import read_checkpoint
+from pixelwise.io.checkpoint import read_checkpoint
 
 
 def _config(spec: Path, out: Path, name: str, batch: int) -> Path:
@@ -70,7 +70,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
 
 _BROADCAST = """
 import os, sys, torch, torch.distributed as dist
-from pixelwise.engine import distributed as ddp
+from pixelwise.training import distributed as ddp
 os.environ.update(RANK=sys.argv[1], WORLD_SIZE="2", LOCAL_RANK=sys.argv[1],
                   MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2])
 info = ddp.init_distributed("cpu")

@@ -8,9 +8,10 @@ import copy
 import pytest
 import torch
 
-from pixelwise.config import load_config
-from pixelwise.engine.allocator import tune_malloc
-from pixelwise.engine.schedule import build_optimizer
+from pixelwise.io.config import load_config
+from pixelwise.fast.allocator import tune_malloc
+from pixelwise.fast.layout import use_layout_modules
+from pixelwise.training.schedule import build_optimizer
 from pixelwise.losses import DeepSupervisionLoss, build_loss
 from pixelwise.models import build_model, list_models
 
@@ -59,6 +60,7 @@ def test_fast_path_matches_the_plain_path(name, one_thread):
     torch.manual_seed(0)
     plain = build_model(name, **TINY[name])
     fast = copy.deepcopy(plain).to(memory_format=torch.channels_last)
+    use_layout_modules(fast)  # what optimize_for_training does, bar the convolution swaps
     cin = first_conv(plain).in_channels
     x = torch.randn(4, cin, 64, 64)
     y = torch.randint(0, max(model_outputs(plain), 2), (4, 64, 64))
@@ -104,3 +106,45 @@ def test_tune_malloc_applies_on_linux():
 
     assert tune_malloc() is sys.platform.startswith("linux")
     assert tune_malloc() is sys.platform.startswith("linux")  # twice is harmless
+
+
+def _run_parts(fast: bool, **train):
+    from pixelwise.training.setup import build_run_model
+
+    cfg = load_config(raw={"model": {"name": "vgg16_unet"}, "data": {"spec": "unused"},
+                           "optim": {"name": "adamw"}, "train": {"fast": fast, **train}})
+    model = build_run_model(cfg, TINY["vgg16_unet"], torch.device("cpu"))
+    return cfg, model, build_optimizer(model, cfg)
+
+
+def test_train_fast_is_the_one_switch():
+    from pixelwise.fast import optim as fast_optim
+    from pixelwise.fast.gemm import GemmConv2d
+    from pixelwise.fast.layout import DenseGradResize
+    from pixelwise.fast.winograd import WinogradConv2d
+
+    def kinds(model):
+        return {type(m) for m in model.modules()} & {GemmConv2d, WinogradConv2d, DenseGradResize}
+
+    cfg, model, opt = _run_parts(True)
+    assert first_conv(model).weight.is_contiguous(memory_format=torch.channels_last)
+    assert kinds(model) == {GemmConv2d, WinogradConv2d, DenseGradResize}
+    assert type(opt) is fast_optim.AdamW
+    # fast: false is plain PyTorch: NCHW, the model's own modules, torch's optimiser
+    cfg, model, opt = _run_parts(False)
+    assert all(p.is_contiguous() for p in model.parameters())
+    assert kinds(model) == set()
+    assert type(opt) is torch.optim.AdamW
+    assert model.state_dict().keys() == _run_parts(True)[1].state_dict().keys()
+
+
+@pytest.mark.parametrize("legacy,fast", [({"channels_last": False}, False),
+                                         ({"tune_allocator": True}, True),
+                                         ({"channels_last": True, "tune_allocator": False}, False)])
+def test_the_old_switches_read_as_train_fast(legacy, fast):
+    from pixelwise.io.config import config_to_dict
+
+    cfg = load_config(raw={"model": {"name": "unet"}, "data": {"spec": "unused"},
+                           "train": legacy})
+    assert cfg.train.fast is fast
+    assert "channels_last" not in config_to_dict(cfg)["train"]

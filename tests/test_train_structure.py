@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from pixelwise.config import load_config
-from pixelwise.engine.distributed import DistInfo
-from pixelwise.engine.state import build_run_state
+from pixelwise.io.config import load_config
+from pixelwise.training.distributed import DistInfo
+from pixelwise.training.state import build_run_state
 from pixelwise.metrics import SUMMARY_METRICS, compute_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,7 +54,7 @@ def test_amp_is_decided_once(tmp_path):
         return (isinstance(node, ast.Attribute) and node.attr == "amp"
                 and isinstance(node.value, ast.Attribute) and node.value.attr == "train")
 
-    assert where(sources(SRC), reads_train_amp) == ["src/pixelwise/engine/state.py"]
+    assert where(sources(SRC), reads_train_amp) == ["src/pixelwise/training/state.py"]
     # On the CPU, train.amp=true changes nothing: no loss scaling and no autocast.
     from pixelwise.data.synthetic import write_synthetic_dataset
 
@@ -70,9 +70,9 @@ def test_amp_is_decided_once(tmp_path):
 
 
 def test_one_module_names_the_checkpoint_files():
-    # Everything else asks pixelwise.engine.resume for the paths, and only its
+    # Everything else asks pixelwise.training.resume for the paths, and only its
     # save_checkpoints writes last.pt (tests/test_train.py records the writes of a run).
     def names_checkpoint(node) -> bool:
         return isinstance(node, ast.Constant) and node.value in ("last.pt", "best.pt")
 
-    assert where(sources(SRC / "engine"), names_checkpoint) == ["src/pixelwise/engine/resume.py"]
+    assert where(sources(SRC / "training"), names_checkpoint) == ["src/pixelwise/training/resume.py"]

@@ -18,10 +18,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from pixelwise.checkpoint import read_checkpoint
-from pixelwise.config import load_config
-from pixelwise.engine.evaluate import evaluate
-from pixelwise.engine.train import train
+from pixelwise.io.checkpoint import read_checkpoint
+from pixelwise.io.config import load_config
+from pixelwise.inference.evaluate import evaluate
+from pixelwise.training.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pixelwise.cli import main
-from pixelwise.engine.predict import Predictor
+from pixelwise.inference.predict import Predictor
 from pixelwise.errors import PixelwiseError
 from test_predict import UNET3, _save
 
@@ -65,7 +65,7 @@ def test_video_outputs_match_frame_by_frame_prediction(ckpt, tmp_path):
     assert len(overlay) == len(frames) == 9 and overlay_rate == rate == RATE
     assert overlay[0].shape == (30, 41, 3)
     # the same forward path as images: tiles and TTA included
-    pred = Predictor(ckpt, tile_size=16, tta=True, optimize=True)
+    pred = Predictor(ckpt, tile_size=16, tta=True, fast=True)
     want = [pred.predict(f).mask for f in frames]
     masks, mask_rate = decode(out / "clip_mask.mkv")
     assert mask_rate == RATE and len(masks) == 9
@@ -116,7 +116,7 @@ def test_bench_fps_reports_frames_per_second(ckpt, tmp_path, capsys):
 
 
 def test_missing_pyav_gives_a_clear_message(monkeypatch):
-    from pixelwise.engine import video
+    from pixelwise.inference import video
 
     monkeypatch.setitem(sys.modules, "av", None)
     with pytest.raises(PixelwiseError, match=r"pip install 'pixelwise\[video\]'"):

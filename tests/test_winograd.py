@@ -5,8 +5,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pixelwise.models import build_model
-from pixelwise.models.gemm import use_gemm_convs
-from pixelwise.models.winograd import (_AT, _BT, _G, WinogradConv2d, winograd_conv3x3,
+from pixelwise.fast.gemm import use_gemm_convs
+from pixelwise.fast.winograd import (_AT, _BT, _G, WinogradConv2d, winograd_conv3x3,
                                        winograd_eligible)
 
 CL = torch.channels_last

@@ -10,7 +10,8 @@ from pixelwise.models.backbones import (ResNet50Encoder, VGG16Encoder,
                                         resnet_state_dict_for_encoder,
                                         vgg16_state_dict_for_encoder)
 from pixelwise.models.ce_net import DACBlock, RMPBlock
-from pixelwise.models.segnet import max_unpool
+from pixelwise.fast.layout import ChannelsLastMaxUnpool
+from pixelwise.models.segnet import MaxUnpool
 
 from common import TINY, torchvision_resnet_layout, torchvision_vgg16_layout
 
@@ -111,10 +112,11 @@ def test_segnet_unpools_with_the_encoders_indices():
     x = torch.randn(2, 3, 9, 7)
     pooled, indices = F.max_pool2d(x, 2, 2, return_indices=True)
     want = F.max_unpool2d(pooled, indices, 2, 2, output_size=(9, 7))
-    torch.testing.assert_close(max_unpool(pooled, indices, [9, 7]), want, rtol=0, atol=0)
+    for unpool in (MaxUnpool(), ChannelsLastMaxUnpool()):
+        torch.testing.assert_close(unpool(pooled, indices, [9, 7]), want, rtol=0, atol=0)
     x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
     pooled, indices = F.max_pool2d(x, 2, 2, return_indices=True)
-    got = max_unpool(pooled, indices, [9, 7])
+    got = ChannelsLastMaxUnpool()(pooled, indices, [9, 7])
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     assert got.is_contiguous(memory_format=torch.channels_last)  # the layout carries on
     got.sum().backward()  # each maximum gets its gradient, once
@@ -221,7 +223,7 @@ def test_deeply_supervised_unet_plus_plus_predicts_tiled_with_tta(tmp_path):
     # Prediction runs the model in eval mode: one tensor, whatever the training form.
     import numpy as np
 
-    from pixelwise.engine.predict import Predictor
+    from pixelwise.inference.predict import Predictor
 
     kwargs = TINY["unet_plus_plus"]
     model = unet_pp()
@@ -229,6 +231,6 @@ def test_deeply_supervised_unet_plus_plus_predicts_tiled_with_tta(tmp_path):
                                      ["a", "b", "c"], mean=(0.5,) * 3, std=(0.25,) * 3)
     image = np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8)
     for optimize in (False, True):
-        prediction = Predictor(path, tile_size=32, tta=True, optimize=optimize).predict(image)
+        prediction = Predictor(path, tile_size=32, tta=True, fast=optimize).predict(image)
         assert prediction.mask.shape == (50, 70)
         assert prediction.probs.shape == (3, 50, 70)

@@ -1,5 +1,5 @@
 """pixelwise: semantic segmentation on PyTorch."""
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .io.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .models import build_model, list_models, register_model
 
 __version__ = "0.1.0"

@@ -58,11 +58,11 @@ def command(tiling: bool, video: str | None, checkpoint: str | None, frames_per_
 
 def _video_fps(video: str, checkpoint: str, frames_per_batch: int, max_frames: int | None,
                tile_size: int | None, tta: bool, device: str) -> None:
-    from ..engine.distributed import resolve_device
-    from ..engine.predict import Predictor
-    from ..engine.video import measure_fps
+    from ..devices import resolve_device
+    from ..inference.predict import Predictor
+    from ..inference.video import measure_fps
 
-    predictor = Predictor(checkpoint, tile_size=tile_size, tta=tta, optimize=True,
+    predictor = Predictor(checkpoint, tile_size=tile_size, tta=tta, fast=True,
                           device=resolve_device(device))
     r = measure_fps(predictor, video, frames_per_batch=frames_per_batch, max_frames=max_frames)
     click.echo(f"{video}: {r['frames']} frames of {r['width']}x{r['height']}, "

@@ -55,7 +55,7 @@ def check(spec: str, root: str | None, splits: tuple[str, ...], max_images: int 
       pixelwise data check drive --root ../shared/data/drive --split train
     """
     from ..data.check import check_dataset, format_report
-    from ..io import atomic_write_json
+    from ..io.files import atomic_write_json
 
     report = check_dataset(_spec(spec, root), splits=list(splits) or None, max_images=max_images,
                            min_size=min_size)

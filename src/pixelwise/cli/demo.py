@@ -21,7 +21,7 @@ def command(output: Path, epochs: int, seed: int, num_train: int) -> None:
     Example:
       pixelwise demo --output demo_output
     """
-    from ..demo import run_demo
+    from ..training.demo import run_demo
 
     summary = run_demo(output, epochs=epochs, n_train=num_train, n_val=max(num_train // 4, 4),
                        seed=seed)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from ..inference.forward import DEFAULT_THRESHOLD
+
 
 @click.command(name="evaluate")
 @click.option("--checkpoint", "-c", required=True, type=click.Path(dir_okay=False),
@@ -20,7 +22,7 @@ import click
               help="Predict in tiles of this size (large images); default whole images.")
 @click.option("--overlap", type=click.FloatRange(0, 1, max_open=True), default=0.25,
               show_default=True, help="Tile overlap fraction.")
-@click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+@click.option("--threshold", type=click.FloatRange(0, 1), default=DEFAULT_THRESHOLD, show_default=True,
               help="Foreground probability threshold of a binary model (as train.val_threshold).")
 @click.option("--tolerance", type=click.IntRange(min=0), default=2, show_default=True,
               help="Boundary F1 matching tolerance in pixels.")
@@ -42,10 +44,10 @@ def command(checkpoint: str, spec: str | None, root: str | None, split: str, out
       pixelwise evaluate -c best.pt -d drive --root ../shared/data/drive -o eval
       pixelwise evaluate -c runs/drive/checkpoints/best.pt -o eval   # its own data
     """
-    from ..checkpoint import read_checkpoint
+    from ..io.checkpoint import read_checkpoint
     from ..data import load_spec
-    from ..engine.evaluate import evaluate
-    from ..engine.preflight import device_problem
+    from ..inference.evaluate import evaluate
+    from ..devices import device_problem
     from ..metrics import SUMMARY_METRICS
 
     problem = device_problem(device)

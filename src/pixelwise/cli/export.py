@@ -32,7 +32,7 @@ def command(checkpoint, fmt, output, opset, example_size, fold_bn, verify) -> No
       pixelwise export --checkpoint runs/camvid/checkpoints/best.pt \\
           --format onnx --output camvid.onnx
     """
-    from ..checkpoint import load_checkpoint
+    from ..io.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
     if example_size is not None:

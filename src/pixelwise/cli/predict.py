@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
-from ..engine.backend import BACKENDS
 from ..errors import PixelwiseError
+from ..inference.backend import BACKENDS
+from ..inference.forward import DEFAULT_THRESHOLD
 
 RASTER_PIXELS = 2**26  # TIFFs above this (about 8,000 x 8,000) are predicted block by block
 
@@ -85,7 +86,7 @@ def _parse_shard(ctx, param, value: str | None) -> tuple[int, int] | None:
 @click.option("--tta", is_flag=True, help="Average over horizontal and vertical flips.")
 @click.option("--scales", default="1.0", callback=_parse_scales, show_default=True,
               help="Test-time scales, e.g. 0.75,1,1.25 (averaged with the flips).")
-@click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+@click.option("--threshold", type=click.FloatRange(0, 1), default=DEFAULT_THRESHOLD, show_default=True,
               help="Foreground probability threshold of a binary model.")
 @click.option("--backend", type=click.Choice(["auto", *BACKENDS]), default="auto",
               show_default=True, help="Inference engine; auto: onnxruntime for an .onnx file, "
@@ -101,9 +102,10 @@ def _parse_shard(ctx, param, value: str | None) -> tuple[int, int] | None:
               help="Also write NAME_mask.mkv for videos (lossless class colours).")
 @click.option("--device", default="auto", show_default=True,
               help="Torch device; auto = cuda:LOCAL_RANK when CUDA is available, else cpu.")
-@click.option("--optimize/--no-optimize", default=None,
-              help="Fold BatchNorm and use channels_last (same results, faster on CPU); "
-                   "torch only, on by default there.")
+@click.option("--fast/--no-fast", "--optimize/--no-optimize", "fast", default=None,
+              help="The fast path: BatchNorm folded, channels_last, pixelwise.fast's "
+                   "convolutions (same results, faster on CPU); torch only, on by default "
+                   "there. --optimize is its old name.")
 @click.option("--raster", is_flag=True,
               help="Predict TIFF inputs block by block into tiled mask TIFFs (automatic for "
                    "TIFFs over 64 Mpixel); GeoTIFF georeferencing is kept.")
@@ -122,7 +124,7 @@ def _parse_shard(ctx, param, value: str | None) -> tuple[int, int] | None:
               help="Show progress bars (stderr; rank 0 only under torchrun).")
 def command(inputs, files_from, shard, checkpoint, output, tile_size, overlap, tta, scales,
             threshold, backend, probs, probs_format, batch_size, frames_per_batch, mask_video,
-            device, optimize, raster, block_size, skip_existing, fail_fast, polygons,
+            device, fast, raster, block_size, skip_existing, fail_fast, polygons,
             progress) -> None:
     """Predict class masks for images, videos, folders and glob patterns.
 
@@ -144,12 +146,13 @@ def command(inputs, files_from, shard, checkpoint, output, tile_size, overlap, t
       torchrun --nproc_per_node 4 --no-python pixelwise predict -c best.pt scans/ -o preds \\
           --skip-existing
     """
-    from ..engine.batch import (OutputOptions, gather, join_group, leave_group, plan_jobs,
-                                run_jobs, write_summary)
-    from ..engine.batch import shard as shard_of
-    from ..engine.distributed import resolve_device
-    from ..engine.predict import IMAGE_SUFFIXES, Predictor, collect_inputs
-    from ..engine.video import VIDEO_SUFFIXES
+    from ..data.readers import IMAGE_SUFFIXES
+    from ..devices import resolve_device
+    from ..inference.batch import (OutputOptions, collect_inputs, gather, join_group,
+                                   leave_group, plan_jobs, run_jobs, write_summary)
+    from ..inference.batch import shard as shard_of
+    from ..inference.predict import Predictor
+    from ..inference.video import VIDEO_SUFFIXES
 
     inputs = _given_inputs(inputs, files_from)
     if shard is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -159,11 +162,11 @@ def command(inputs, files_from, shard, checkpoint, output, tile_size, overlap, t
     summary_name = "summary.json" if shard is None else f"summary-{rank}-of-{world_size}.json"
     bars = _Bars(progress and group.rank == 0)
     try:
-        source, backend, optimize = choose_backend(checkpoint, backend, optimize)
+        source, backend, fast = choose_backend(checkpoint, backend, fast)
         predictor = Predictor(source, backend=backend, tile_size=tile_size, overlap=overlap,
                               tta=tta, threshold=threshold, scales=scales,
                               device=resolve_device(device, group.local_rank),
-                              batch_size=batch_size, optimize=optimize, progress=bars.tile_done)
+                              batch_size=batch_size, fast=fast, progress=bars.tile_done)
         paths = collect_inputs(inputs, suffixes=IMAGE_SUFFIXES + VIDEO_SUFFIXES)
         jobs = plan_jobs(paths, [_kind(p, raster) for p in paths])
         opts = OutputOptions(save_probs=probs, probs_format=probs_format,
@@ -196,31 +199,31 @@ def _given_inputs(inputs: tuple[str, ...], files_from) -> tuple[str, ...]:
 
 
 def choose_backend(checkpoint: str | os.PathLike, backend: str,
-                   optimize: bool | None) -> tuple[str | os.PathLike | bytes, str, bool]:
-    """``(source, backend, optimize)`` for the Predictor from ``--checkpoint``, ``--backend``
-    and ``--optimize`` (shared with ``pixelwise serve``).
+                   fast: bool | None) -> tuple[str | os.PathLike | bytes, str, bool]:
+    """``(source, backend, fast)`` for the Predictor from ``--checkpoint``, ``--backend``
+    and ``--fast`` (shared with ``pixelwise serve``).
 
-    ``auto`` picks the backend the file is for; ``--optimize`` defaults to on for torch. A
+    ``auto`` picks the backend the file is for; ``--fast`` defaults to on for torch. A
     checkpoint on onnxruntime is exported in memory. A contradiction (an .onnx file on
-    torch, --optimize on onnxruntime) is a usage error: one line, exit 2.
+    torch, --fast on onnxruntime) is a usage error: one line, exit 2.
     """
-    from ..engine.backend import backend_problem
+    from ..inference.backend import backend_problem
 
     onnx_file = Path(checkpoint).suffix.lower() == ".onnx"
     if backend == "auto":
         backend = "onnxruntime" if onnx_file else "torch"
-    if optimize is None:
-        optimize = backend == "torch"
+    if fast is None:
+        fast = backend == "torch"
     source: str | os.PathLike | bytes = checkpoint
     if backend == "onnxruntime" and not onnx_file:
-        from ..checkpoint import load_checkpoint
+        from ..io.checkpoint import load_checkpoint
         from ..export import onnx_bytes
 
         source = onnx_bytes(load_checkpoint(checkpoint))
-    problem = backend_problem(source, backend, optimize)
+    problem = backend_problem(source, backend, fast)
     if problem is not None:
         raise click.BadParameter(problem, param_hint="--backend")
-    return source, backend, optimize
+    return source, backend, fast
 
 
 def _report(rank: int, results, summary, summary_path: Path) -> None:
@@ -239,7 +242,7 @@ def _report(rank: int, results, summary, summary_path: Path) -> None:
 
 def _kind(path: Path, raster: bool) -> str:
     from ..data import image_size
-    from ..engine.video import VIDEO_SUFFIXES
+    from ..inference.video import VIDEO_SUFFIXES
 
     suffix = path.suffix.lower()
     if suffix in VIDEO_SUFFIXES:

@@ -57,13 +57,13 @@ def command(checkpoint: Path, host: str, port: int, backend: str, device: str,
         raise PixelwiseError("serving needs the 'serve' extra: pip install 'pixelwise[serve]'") from e
     import torch
 
-    from ..engine.predict import Predictor
+    from ..inference.predict import Predictor
     from .predict import choose_backend
     from ..serve import create_app
 
     if threads is not None:
         torch.set_num_threads(threads)
-    source, backend, _ = choose_backend(checkpoint, backend, optimize=False)
+    source, backend, _ = choose_backend(checkpoint, backend, fast=False)
     predictor = Predictor(source, backend=backend, tile_size=tile_size, device=device,
                           threads=threads)
     if max_batch is None:

@@ -38,8 +38,8 @@ def command(config: str | None, spec: str | None, root: str | None, minutes: flo
       pixelwise train recipes/fcn8s_camvid.yaml --resume
       torchrun --standalone --nproc_per_node 2 --no-python pixelwise train recipe.yaml
     """
-    from ..config import load_config
-    from ..engine.train import train
+    from ..io.config import load_config
+    from ..training.train import train
 
     if not quiet:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -68,11 +68,11 @@ def _planned_config(spec: str, root: str | None, minutes: float, overrides: list
     """Fingerprint the data, plan, print the plan; the fingerprint goes to the run folder."""
     from pathlib import Path
 
-    from ..config import dump_config, load_config
+    from ..io.config import dump_config, load_config
     from ..data import load_spec
-    from ..engine.preflight import preflight
-    from ..io import atomic_write_json
-    from ..plan import find_pretrained, fingerprint, plan
+    from ..io.files import atomic_write_json
+    from ..training.plan import find_pretrained, fingerprint, plan
+    from ..training.preflight import preflight
 
     loaded = load_spec(spec, root=root)
     if Path(spec).is_file():

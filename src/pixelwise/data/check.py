@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, PixelwiseError
-from ..preprocess import scale_to_unit
+from .preprocess import scale_to_unit
 from .dataset import load_sample
 from .readers import image_size
 from .listing import Sample, glob_files, glob_images, mask_glob, resolve_split, spec_path

@@ -17,7 +17,7 @@ import yaml
 from PIL import Image
 
 from ..errors import DataError
-from ..io import atomic_write_bytes, atomic_write_text
+from ..io.files import atomic_write_bytes, atomic_write_text
 from .check import quick_check
 from .dataset import load_sample
 from .listing import spec_path

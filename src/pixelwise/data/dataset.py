@@ -9,8 +9,8 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import DataError
-from ..preprocess import adapt_channels, to_tensor
 from .annotations import annotation_mask, is_annotation
+from .preprocess import adapt_channels, to_tensor
 from .readers import read_image, read_mask
 from .spec import DatasetSpec, Sample, encode_mask, load_spec
 

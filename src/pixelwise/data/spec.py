@@ -66,14 +66,13 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_valid
                       model_validator)
 
 from ..errors import ConfigError
-from ..labels import LabelSet
+from .labels import LabelSet
 from .encoding import encode_mask  # noqa: F401  (re-exported: the spec's mask encoding)
 from .listing import Sample, resolve_split
+from .preprocess import IMAGENET_MEAN, IMAGENET_STD
 from .readers import DEFAULT_MAX_PIXELS
 
 PRESET_DIR = Path(__file__).with_name("presets")
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
 
 RGB = tuple[int, int, int]
 TEMPLATE_FIELDS = {"id", "stem", "name", "parent"}
@@ -181,7 +180,7 @@ class DatasetSpec(BaseModel):
         if any(s <= 0 for s in self.std):
             raise ValueError("std values must be positive")
         if self.palette is None:
-            from ..visualize import default_palette
+            from ..report.visualize import default_palette
 
             self.palette = default_palette(n)
         for key in ("palette", "class_weights"):

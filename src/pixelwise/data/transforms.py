@@ -3,7 +3,7 @@
 Every transform takes and returns ``(image (H, W, C), mask (H, W) int64)`` plus an explicit
 ``numpy.random.Generator``; geometry is applied to image and mask with one sampling grid
 (image bilinear, mask nearest), so labels stay labels and both stay aligned. Images keep their
-dtype (uint8 stays uint8), so :func:`pixelwise.preprocess.to_tensor` scales them afterwards.
+dtype (uint8 stays uint8), so :func:`pixelwise.data.preprocess.to_tensor` scales them afterwards.
 
 Resampling uses ``torch.nn.functional.grid_sample`` / ``interpolate`` (already a dependency,
 fast on CPU, one grid tensor serves both image and mask). Albumentations was not used: it

@@ -3,7 +3,7 @@
 The graph comes from the torch.export-based exporter (``torch.onnx.export(dynamo=True)``,
 which needs ``onnxscript``); the checkpoint's metadata (class names, normalisation, model name
 and arguments, palette) goes into the model's ``metadata_props``. Running the result is the
-inference backend's job (:mod:`pixelwise.engine.backend`).
+inference backend's job (:mod:`pixelwise.inference.backend`).
 """
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import Checkpoint, load_checkpoint, metadata_to_strings
+from ..io.checkpoint import Checkpoint, load_checkpoint, metadata_to_strings
 from ..errors import PixelwiseError
-from ..io import atomic_write_bytes
-from ..models.fold import count_batchnorms, fold_batchnorm
+from ..io.files import atomic_write_bytes
+from ..fast.fold import count_batchnorms, fold_batchnorm
 from ..models.geometry import shrinks
 from .parity import check_parity, example_input
 
@@ -81,7 +81,7 @@ def export_onnx(checkpoint: str | os.PathLike | Checkpoint, path: str | os.PathL
     """Export a checkpoint to ONNX with dynamic batch, height and width.
 
     Args:
-        checkpoint: checkpoint path or loaded :class:`~pixelwise.checkpoint.Checkpoint`.
+        checkpoint: checkpoint path or loaded :class:`~pixelwise.io.checkpoint.Checkpoint`.
         path: output ``.onnx`` file (written atomically).
         opset: ONNX opset version.
         example_size: side of the square example input used for tracing (default: the
@@ -115,7 +115,7 @@ def verify_onnx(ckpt: Checkpoint, model: str | os.PathLike | bytes) -> float:
     Raises:
         PixelwiseError: another shape or a difference beyond ``export.parity.TOLERANCE``.
     """
-    from ..engine.backend import OnnxRuntimeBackend
+    from ..inference.backend import OnnxRuntimeBackend
 
     run = OnnxRuntimeBackend(model, threads=None)
     return check_parity(f"ONNX export of {ckpt.model_name!r}", ckpt, run)

@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from ..checkpoint import Checkpoint
+from ..io.checkpoint import Checkpoint
 from ..errors import PixelwiseError
 from ..models import geometry
 

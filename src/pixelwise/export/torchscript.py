@@ -10,10 +10,10 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import Checkpoint, load_checkpoint
+from ..io.checkpoint import Checkpoint, load_checkpoint
 from ..errors import CheckpointError
-from ..io import atomic_write_bytes
-from ..models.fold import fold_batchnorm
+from ..io.files import atomic_write_bytes
+from ..fast.fold import fold_batchnorm
 from .parity import check_parity, example_input
 
 METADATA_FILE = "pixelwise.json"
@@ -35,7 +35,7 @@ def export_torchscript(checkpoint: str | os.PathLike | Checkpoint, path: str | o
     """Export a checkpoint to TorchScript; metadata goes to the extra file ``pixelwise.json``.
 
     Args:
-        checkpoint: checkpoint path or loaded :class:`~pixelwise.checkpoint.Checkpoint`.
+        checkpoint: checkpoint path or loaded :class:`~pixelwise.io.checkpoint.Checkpoint`.
         path: output file (written atomically).
         fold_bn: fold BatchNorm into convolutions first.
 

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from .confusion import mean_defined
+
 
 def _to_numpy(x) -> np.ndarray:
     if isinstance(x, torch.Tensor):
@@ -42,11 +44,6 @@ def surface(region: np.ndarray, valid: np.ndarray) -> np.ndarray:
     outside = np.pad(valid & ~region, 1, constant_values=False)
     touches = (outside[:-2, 1:-1] | outside[2:, 1:-1] | outside[1:-1, :-2] | outside[1:-1, 2:])
     return inside & touches
-
-
-def _mean_defined(values: Sequence[float | None]) -> float | None:
-    defined = [v for v in values if v is not None]
-    return float(np.mean(defined)) if defined else None
 
 
 def boundary_f1_per_class(pred, target, tolerance: float = 2.0, classes: Sequence[int] | None = None,
@@ -112,10 +109,10 @@ def boundary_f1(pred, target, tolerance: float = 2.0, classes: Sequence[int] | N
     pred, target = _pair(pred, target)
     if pred.ndim == 2:
         pred, target = pred[None], target[None]
-    per_image = [_mean_defined(list(boundary_f1_per_class(
+    per_image = [mean_defined(list(boundary_f1_per_class(
         p, t, tolerance=tolerance, classes=classes, ignore_index=ignore_index).values()))
         for p, t in zip(pred, target)]
-    return _mean_defined(per_image)
+    return mean_defined(per_image)
 
 
 def _hd_surface(region: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -166,4 +163,4 @@ def hausdorff95(pred, target, ignore_index: int = 255,
     pred, target = _pair(pred, target)
     if pred.ndim == 2:
         return _hd95_one(pred, target, ignore_index, spacing)
-    return _mean_defined([_hd95_one(p, t, ignore_index, spacing) for p, t in zip(pred, target)])
+    return mean_defined([_hd95_one(p, t, ignore_index, spacing) for p, t in zip(pred, target)])

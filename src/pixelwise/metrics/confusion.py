@@ -21,6 +21,8 @@ Dice and recall 0. A mean with no defined entry (an empty matrix) is ``None``.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.distributed as dist
 
@@ -38,8 +40,9 @@ def _ratio(num: torch.Tensor, den: torch.Tensor) -> PerClass:
     return [None if d == 0 else float(n / d) for n, d in zip(num.tolist(), den.tolist())]
 
 
-def _mean(values: PerClass) -> float | None:
-    defined = [v for v in values if v is not None]
+def mean_defined(values: Sequence[float | None]) -> float | None:
+    """The mean of the values that are not ``None`` (the 0/0 rule above); ``None`` if none is."""
+    defined = [float(v) for v in values if v is not None]
     return sum(defined) / len(defined) if defined else None
 
 
@@ -81,17 +84,17 @@ def pixel_accuracy(mat: torch.Tensor) -> float | None:
 
 def mean_accuracy(mat: torch.Tensor) -> float | None:
     """Mean of the per-class accuracies over classes present in the ground truth."""
-    return _mean(per_class_recall(mat))
+    return mean_defined(per_class_recall(mat))
 
 
 def mean_iou(mat: torch.Tensor) -> float | None:
     """Mean of the per-class IoUs over classes present in truth or prediction."""
-    return _mean(per_class_iou(mat))
+    return mean_defined(per_class_iou(mat))
 
 
 def mean_dice(mat: torch.Tensor) -> float | None:
     """Mean of the per-class Dice scores over classes present in truth or prediction."""
-    return _mean(per_class_dice(mat))
+    return mean_defined(per_class_dice(mat))
 
 
 def fw_iou(mat: torch.Tensor) -> float | None:

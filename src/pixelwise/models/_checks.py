@@ -18,10 +18,3 @@ def check_min_size(x: torch.Tensor, minimum: int, model: str) -> None:
     if x.shape[-2] < minimum or x.shape[-1] < minimum:
         raise ValueError(f"input {x.shape[-2]}x{x.shape[-1]} is too small for {model}: each "
                          f"side needs at least {minimum} pixels")
-
-
-def capturing_graph() -> bool:
-    """Scripting, tracing or ONNX export: the fast CPU convolution modules (``models.gemm``,
-    ``models.winograd``) then run as the plain ``nn.Conv2d`` they replace, so exported
-    graphs hold standard convolutions."""
-    return torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()

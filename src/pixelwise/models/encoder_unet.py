@@ -19,8 +19,9 @@ import torch.nn.functional as F
 
 from .backbones.resnet import ResNet34Encoder, ResNet50Encoder, resnet_state_dict_for_encoder
 from .backbones.vgg import VGG16Encoder, vgg16_state_dict_for_encoder
-from . import _checks, layout
+from . import _checks
 from .registry import register_model
+from .resize import Resize
 from .unet import DoubleConv
 from .weights import load_pretrained
 
@@ -85,6 +86,7 @@ class EncoderUNet(nn.Module):
         self.blocks = nn.ModuleList(DoubleConv(widths[k] + skip_widths[k], widths[k + 1], 1, True)
                                     for k in range(n_blocks))
         self.head = nn.Conv2d(widths[-1], num_classes, 1)
+        self.upsample_to_skip = Resize("bilinear", align_corners=False)
         decoder = [self.blocks] + ([self.input_skip] if self.input_skip is not None else [])
         init_decoder(nn.ModuleList(decoder), self.head)
 
@@ -103,8 +105,7 @@ class EncoderUNet(nn.Module):
         for k, block in enumerate(self.blocks):
             if stages:
                 skip = stages.pop()
-                d = F.interpolate(d, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-                d = torch.cat([skip, layout.dense_grad(d)], dim=1)
+                d = torch.cat([skip, self.upsample_to_skip(d, skip.shape[-2:])], dim=1)
             else:
                 # Skip-less doublings: stride 2**(remaining) of the input, the last at H x W.
                 scale = 1 << (len(self.blocks) - k - 1)

@@ -4,8 +4,8 @@ A model may declare two things (``models/unet.py`` does both):
 
 - ``output_shape(h, w)``: the logits' size for an ``h x w`` input. Models without it keep the
   input's size. A valid-convolution U-Net returns less (the paper's 572 -> 388), and whoever
-  wants logits for every pixel must mirror the image outwards first (``engine.forward``,
-  ``engine.tiling``).
+  wants logits for every pixel must mirror the image outwards first (``inference.forward``,
+  ``inference.tiling``).
 - ``total_stride``: the product of every downsampling step (``2**depth`` for a U-Net, 32 for
   FCN and the ResNet encoders). Tiles whose offsets are multiples of it see the same pooling
   grid, so overlapping tiles agree where they overlap.

@@ -8,7 +8,7 @@ pooled value back at its original position), then densifies with 3x3 conv + Batc
 ReLU. No skip features are stored, only the indices. The last conv gives the logits.
 
 Unpooling restores the pre-pool size, so odd sizes (floored at a pooling) come back exactly.
-It is written as a scatter into a zero map (:func:`max_unpool`): ``F.max_unpool2d`` checks
+It is written as a scatter into a zero map (:class:`MaxUnpool`): ``F.max_unpool2d`` checks
 its output size against the input's in a way ONNX export with dynamic sizes cannot keep.
 """
 from __future__ import annotations
@@ -19,7 +19,6 @@ import torch.nn.functional as F
 
 from .backbones.vgg import VGG16Encoder, vgg16_state_dict_for_encoder
 from . import _checks
-from .layout import is_channels_last
 from .registry import register_model
 from .weights import load_pretrained
 
@@ -38,25 +37,18 @@ def conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
             nn.ReLU(inplace=True)]
 
 
-def max_unpool(x: torch.Tensor, indices: torch.Tensor, size: list[int]) -> torch.Tensor:
+class MaxUnpool(nn.Module):
     """Put each value of ``x`` back at its max-pool ``indices`` (flat positions in a map of
-    ``size``); zeros elsewhere. The same as ``F.max_unpool2d(x, indices, 2, 2, output_size=size)``.
-
-    The scatter runs in ``x``'s memory layout, so a channels_last map (training) is neither
-    copied to NCHW nor handed on NCHW to the next convolution; in place, into fresh zeros
-    (out of place it would copy them first).
+    ``size``); zeros elsewhere. The same as ``F.max_unpool2d(x, indices, 2, 2, output_size=size)``,
+    as a scatter into fresh zeros (in place: out of place it would copy them first).
 
     Shape: ``x`` and ``indices`` ``(N, C, h, w)`` -> ``(N, C, *size)``.
     """
-    n, c = x.shape[:2]
-    if not is_channels_last(x):
+
+    def forward(self, x: torch.Tensor, indices: torch.Tensor, size: list[int]) -> torch.Tensor:
+        n, c = x.shape[:2]
         flat = x.new_zeros(n, c, size[0] * size[1])
         return flat.scatter_(2, indices.flatten(2), x.flatten(2)).view(n, c, size[0], size[1])
-    # channels_last: the same scatter over (N, H*W, C), the map's order in memory
-    flat = x.new_zeros(n, size[0] * size[1], c)
-    rows = x.permute(0, 2, 3, 1).reshape(n, -1, c)
-    positions = indices.permute(0, 2, 3, 1).reshape(n, -1, c)
-    return flat.scatter_(1, positions, rows).view(n, size[0], size[1], c).permute(0, 3, 1, 2)
 
 
 class SegNet(nn.Module):
@@ -79,6 +71,7 @@ class SegNet(nn.Module):
             nn.Sequential(*[m for c_in, c_out in stage for m in conv_bn_relu(c_in, c_out)])
             for stage in DECODER_CFG)
         self.head = nn.Conv2d(64, num_classes, 3, padding=1)
+        self.unpool = MaxUnpool()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _checks.check_min_size(x, 32, "SegNet (five 2x2 poolings)")
@@ -90,7 +83,7 @@ class SegNet(nn.Module):
             pooled.append((indices, size))
         for stage in self.decoder:
             indices, size = pooled.pop()
-            x = stage(max_unpool(x, indices, size))
+            x = stage(self.unpool(x, indices, size))
         return self.head(x)
 
 

@@ -5,7 +5,7 @@ Two forms share one class:
 - ``padding="valid"``: the paper's network. Unpadded 3x3 convolutions shrink every map, the
   skip connections are centre-cropped before concatenation, and a 572x572 tile yields a
   388x388 output. Predict large images with overlap-tile and mirrored borders
-  (``pixelwise.engine.tiling``), using :meth:`UNet.output_shape` to know the margin.
+  (``pixelwise.inference.tiling``), using :meth:`UNet.output_shape` to know the margin.
 - ``padding="same"``: the common modern form (usually with BatchNorm) that keeps H x W. Sizes
   that do not divide by ``2**depth`` are handled by padding each upsampled map by at most one
   pixel to its skip's size.

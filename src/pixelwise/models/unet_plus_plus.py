@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from . import _checks, layout
+from . import _checks
 from .registry import register_model
+from .resize import Resize
 from .unet import DoubleConv
 
 INFERENCE_MODES = ("last", "mean")
@@ -55,6 +55,7 @@ class NestedUNet(nn.Module):
         self.depth, self.deep_supervision, self.inference = depth, deep_supervision, inference
         widths = [base_channels * 2**i for i in range(depth + 1)]
         self.pool = nn.MaxPool2d(2)
+        self.upsample = Resize("bilinear", align_corners=True)
         # nodes[i][j] is X(i, j); X(i, 0) is the encoder, X(i, j>0) the nested skip nodes.
         self.nodes = nn.ModuleList()
         for i in range(depth + 1):
@@ -92,9 +93,7 @@ class NestedUNet(nn.Module):
             grid[k].append(self.nodes[k][0](x if k == 0 else self.pool(grid[k - 1][0])))
             for j in range(1, k + 1):
                 i = k - j
-                up = F.interpolate(grid[i + 1][j - 1], size=grid[i][0].shape[-2:],
-                                   mode="bilinear", align_corners=True)
-                up = layout.dense_grad(up)
+                up = self.upsample(grid[i + 1][j - 1], grid[i][0].shape[-2:])
                 grid[i].append(self.nodes[i][j](torch.cat(grid[i] + [up], dim=1)))
         top = grid[0][1:] if self.deep_supervision else grid[0][-1:]
         return [head(node) for head, node in zip(self.heads, top)]

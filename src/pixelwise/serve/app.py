@@ -1,7 +1,7 @@
 """The HTTP service: ``POST /predict``, ``GET /model``, ``GET /health`` and the web page at ``/``.
 
 The app depends on the predictor's interface only (``predict(image HWC) -> Prediction`` with a
-``mask``, optional ``predict_batch(list)``, ``labels`` a :class:`~pixelwise.labels.LabelSet`),
+``mask``, optional ``predict_batch(list)``, ``labels`` a :class:`~pixelwise.data.labels.LabelSet`),
 so tests can serve a fake one. Each route is a module-level handler that finds what it needs
 in ``request.app.state.service`` (a :class:`Service`); :func:`create_app` only builds that
 state and wires the handlers. Every refusal is a 4xx (or 503 when the queue is full) with a
@@ -25,8 +25,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import PixelwiseError
-from ..io import encode_mask_png
-from ..labels import LabelSet, class_pixels
+from ..io.files import encode_mask_png
+from ..data.labels import LabelSet, class_pixels
 from .batching import InferenceQueue, QueueFull
 from .images import ACCEPTED_FORMATS, ImageRejected, decode_image, json_result, legend
 from .upload import FILE_FIELD, read_upload
@@ -282,7 +282,7 @@ def create_app(predictor: Any, *, max_upload_bytes: int = 20 * 1024 * 1024,
 
     Args:
         predictor: an object with ``predict(image (H, W, C)) -> Prediction`` (``.mask`` (H, W))
-            and ``labels`` (a :class:`~pixelwise.labels.LabelSet`); ``predict_batch(list)`` is
+            and ``labels`` (a :class:`~pixelwise.data.labels.LabelSet`); ``predict_batch(list)`` is
             used when present.
         max_upload_bytes: the largest uploaded file; larger ones get 413 while streaming.
         max_pixels: the largest width x height, checked on the header before decoding (413).

@@ -18,10 +18,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..data.readers import open_pil
 from ..errors import PixelwiseError
-from ..io import encode_mask_png, encode_rgb_png
-from ..labels import LabelSet, class_areas, class_pixels
-from ..preprocess import adapt_channels
-from ..visualize import overlay, to_rgb8
+from ..io.files import encode_mask_png, encode_rgb_png
+from ..data.labels import LabelSet, class_areas, class_pixels
+from ..data.preprocess import adapt_channels
+from ..report.visualize import overlay, to_rgb8
 
 # Magic bytes -> (format name, PIL format). Decided from the bytes, never from a client's
 # Content-Type or file name, which are only hints.

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ...io import atomic_write_json
+from ...io.files import atomic_write_json
 from . import coco, labelme
 from .contours import class_polygons
 from .shapes import polygon_area

@@ -1,1 +1,0 @@
-"""Training, evaluation, prediction: the stages that run a model."""

@@ -1,0 +1,1 @@
+"""Speed kernels applied from outside to a built model and optimiser."""

@@ -1,0 +1,1 @@
+"""Inference: from an image (tile, raster, video, folder) to labels."""

@@ -1,0 +1,226 @@
+"""Evaluate a checkpoint on a dataset split: ``metrics.json`` and a self-contained report.
+
+Images are read untransformed (``read_raw``) and predicted by
+:class:`~pixelwise.inference.predict.Predictor` with the *checkpoint's* normalisation: whole
+(valid-convolution U-Nets get a mirrored border) or tile by tile with ``tile_size``. Whole
+images are labelled by the same code as validation (``inference.forward``), so the metrics of
+``best.pt`` equal those its training run logged for it (same split, same threshold).
+All metrics come from one confusion matrix over the split, as in the FCN paper;
+boundary F1 (SegNet's BF score) and, for two-class data, Hausdorff 95 are means over images.
+"""
+from __future__ import annotations
+
+import heapq
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..io.checkpoint import Checkpoint, load_checkpoint
+from ..errors import ConfigError, DataError
+from ..io.files import atomic_write_json
+from ..metrics import SUMMARY_METRICS
+from ..metrics.confusion import mean_defined
+from ..devices import resolve_device
+from .forward import DEFAULT_THRESHOLD
+
+
+def _mask_predictor(ckpt: Checkpoint, device: torch.device, tile_size: int | None,
+                    overlap: float, threshold: float) -> Callable[[np.ndarray], np.ndarray]:
+    """``image (H, W, C) -> class mask (H, W) int64`` through :class:`Predictor`.
+
+    The predictor normalises with the checkpoint's statistics, mirrors the border of
+    valid-convolution U-Nets and tiles when ``tile_size`` is given, exactly as
+    ``pixelwise predict`` does, so evaluation scores what users will get; whole images get
+    the labels validation gives (``inference.forward``).
+    """
+    from .predict import Predictor
+
+    predictor = Predictor(ckpt, tile_size=tile_size, overlap=overlap, threshold=threshold,
+                          device=device)
+    return lambda image: predictor.predict(image).mask.astype(np.int64)
+
+
+def _check_classes(ckpt: Checkpoint, dataset) -> None:
+    if ckpt.num_classes != dataset.num_classes:
+        raise ConfigError(f"data: the dataset has {dataset.num_classes} classes "
+                          f"({', '.join(dataset.class_names)}) but checkpoint {ckpt.path} was "
+                          f"trained on {ckpt.num_classes} ({', '.join(ckpt.class_names)})")
+    if ckpt.in_channels != dataset.in_channels:
+        raise ConfigError(f"data: the dataset has {dataset.in_channels}-channel images but "
+                          f"checkpoint {ckpt.path} expects {ckpt.in_channels}")
+
+
+def _image_iou(pred: np.ndarray, target: np.ndarray, num_classes: int,
+               ignore_index: int) -> float | None:
+    """Mean IoU of one image (classes in neither its truth nor its prediction left out)."""
+    from ..metrics import ConfusionMatrix
+
+    cm = ConfusionMatrix(num_classes, ignore_index=ignore_index)
+    cm.update(torch.from_numpy(pred), torch.from_numpy(target))
+    return cm.compute()["mean_iou"]
+
+
+def _per_class_table(metrics: dict[str, Any], class_names: list[str],
+                     mat: torch.Tensor) -> list[dict[str, Any]]:
+    truth = mat.sum(1).tolist()
+    return [{"class": name, "iou": metrics["per_class_iou"][i],
+             "dice": metrics["per_class_dice"][i],
+             "precision": metrics["per_class_precision"][i],
+             "recall": metrics["per_class_recall"][i], "pixels": int(truth[i])}
+            for i, name in enumerate(class_names)]
+
+
+def _run_folder_curves(ckpt_path: Path) -> Path | None:
+    for folder in (ckpt_path.parent, ckpt_path.parent.parent):
+        if (folder / "metrics.csv").is_file():
+            return folder / "metrics.csv"
+    return None
+
+
+def evaluate(checkpoint: str | os.PathLike | Checkpoint, spec: Any, split: str = "val",
+             output: str | os.PathLike | None = None, *, device: str = "auto",
+             tile_size: int | None = None, overlap: float = 0.25,
+             threshold: float = DEFAULT_THRESHOLD, boundary_tolerance: int = 2,
+             num_examples: int = 3, num_worst: int = 3, progress: bool = False) -> dict[str, Any]:
+    """Score a checkpoint on one split and (with ``output``) write metrics.json and report.html.
+
+    Args:
+        checkpoint: checkpoint path or a loaded :class:`Checkpoint`.
+        spec: dataset spec (path, preset name, dict or ``DatasetSpec``).
+        split: split name.
+        output: folder for ``metrics.json``, ``report.html`` and the PNGs; None writes nothing.
+        device: ``auto``, ``cpu``, ``cuda``...
+        tile_size: predict in tiles of this size (with ``overlap``); None = whole images.
+        threshold: foreground probability threshold of a binary (one-logit) model.
+        boundary_tolerance: pixel tolerance of the boundary F1 score.
+        num_examples, num_worst: overlays of the first images and of the lowest-IoU images.
+        progress: show a progress bar.
+
+    Returns:
+        The metrics dict written to ``metrics.json``: ``pixel_accuracy``, ``mean_accuracy``,
+        ``mean_iou``, ``fw_iou``, ``dice``, ``boundary_f1``, (``hausdorff95`` for two
+        classes), ``per_class`` (one row per class name), ``confusion_matrix``, ``per_image``.
+    """
+    from ..data import SegmentationDataset
+
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    dataset = SegmentationDataset(spec, split)
+    _check_classes(ckpt, dataset)
+    if len(dataset) == 0:  # every metric would be n/a: not a result
+        raise DataError(f"split {split!r} of dataset {dataset.spec.name!r} has no images: "
+                        f"nothing to evaluate")
+    predict = _mask_predictor(ckpt, resolve_device(device), tile_size, overlap, threshold)
+    cm, per_image, kept, worst = _score_split(dataset, predict, boundary_tolerance,
+                                              num_examples, num_worst, progress)
+    binary = dataset.num_classes == 2
+    bf_scores = [e["boundary_f1"] for e in per_image]
+    hd_scores = [e["hausdorff95"] for e in per_image] if binary else []
+    mat = cm.mat.cpu()
+    if int(mat.sum()) == 0:
+        raise DataError(f"split {split!r} of dataset {dataset.spec.name!r}: no labelled pixel "
+                        f"in its {len(dataset)} mask(s) (all ignore_index "
+                        f"{dataset.ignore_index}), so no metric; `pixelwise data check` names "
+                        f"the files")
+    metrics = cm.compute()
+    result: dict[str, Any] = {
+        "checkpoint": str(ckpt.path) if ckpt.path else None,
+        "dataset": dataset.spec.name, "split": split, "num_images": len(dataset),
+        **{k: metrics[k] for k in SUMMARY_METRICS},
+        "boundary_f1": mean_defined(bf_scores), "boundary_tolerance": boundary_tolerance,
+    }
+    if binary:
+        finite = [h for h in hd_scores if h is not None and np.isfinite(h)]
+        result["hausdorff95"] = mean_defined(finite)
+    result["per_class"] = _per_class_table(metrics, dataset.class_names, mat)
+    result["confusion_matrix"] = mat.tolist()
+    # JSON has no inf/nan (an empty mask's Hausdorff distance): write null
+    result["per_image"] = [{k: (None if isinstance(v, float) and not np.isfinite(v) else v)
+                            for k, v in e.items()} for e in per_image]
+    if output is not None:
+        worst_sorted = sorted(((-neg, i, p) for neg, i, p in worst), key=lambda x: x[0])
+        _write_outputs(Path(output), result, ckpt, dataset, kept, worst_sorted, mat)
+    return result
+
+
+def _score_split(dataset, predict: Callable[[np.ndarray], np.ndarray], tolerance: int,
+                 num_examples: int, num_worst: int, progress: bool):
+    """Predict every image of ``dataset``: the split's confusion matrix, each image's entry,
+    the first ``num_examples`` predictions and a heap of the ``num_worst`` by IoU."""
+    from ..metrics import ConfusionMatrix, boundary_f1, hausdorff95
+
+    n, ignore = dataset.num_classes, dataset.ignore_index
+    cm = ConfusionMatrix(n, ignore_index=ignore)
+    per_image: list[dict[str, Any]] = []
+    kept: dict[int, np.ndarray] = {}      # predictions of the first images, for the report
+    worst: list[tuple[float, int, np.ndarray]] = []  # heap of (-iou, index, pred)
+    indices = range(len(dataset))
+    if progress:
+        from tqdm.auto import tqdm
+
+        indices = tqdm(indices, desc=f"evaluate {dataset.split}", unit="img")
+    for i in indices:
+        image, target = dataset.read_raw(i)
+        pred = predict(image)
+        cm.update(torch.from_numpy(pred), torch.from_numpy(target))
+        iou = _image_iou(pred, target, n, ignore)
+        entry = {"image": str(dataset.samples[i][0]), "mean_iou": iou,
+                 "boundary_f1": boundary_f1(pred, target, tolerance=tolerance,
+                                            classes=[1] if n == 2 else None,
+                                            ignore_index=ignore)}
+        if n == 2:
+            entry["hausdorff95"] = hausdorff95(pred, target, ignore_index=ignore)
+        per_image.append(entry)
+        if i < num_examples:
+            kept[i] = pred
+        if num_worst and iou is not None:
+            heapq.heappush(worst, (-iou, i, pred))
+            if len(worst) > num_worst:
+                heapq.heappop(worst)  # drops the best of the kept (largest iou)
+    return cm, per_image, kept, worst
+
+
+def _write_outputs(out: Path, result: dict[str, Any], ckpt: Checkpoint, dataset,
+                   kept: dict[int, np.ndarray], worst: list[tuple[float, int, np.ndarray]],
+                   mat: torch.Tensor) -> None:
+    from ..report import figures as report
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "metrics.json", result)
+    palette = list(ckpt.labels.palette)
+    figures = [
+        ("Confusion matrix", report.plot_confusion_matrix(mat.numpy(), dataset.class_names,
+                                                          out / "confusion_matrix.png")),
+        ("Per-class IoU", report.plot_class_iou([r["iou"] for r in result["per_class"]],
+                                                dataset.class_names, out / "class_iou.png")),
+    ]
+    samples = []
+    worst_ids = {i for _, i, _ in worst}
+    for title, chosen in (("example", [(i, p) for i, p in kept.items() if i not in worst_ids]),
+                          ("worst", [(i, p) for _, i, p in worst])):
+        for i, pred in chosen:
+            image, target = dataset.read_raw(i)
+            iou = result["per_image"][i]["mean_iou"]
+            name = Path(dataset.samples[i][0]).name
+            samples.append({"image": image, "target": target, "pred": pred,
+                            "title": f"{title} {name} (IoU {iou:.3f})" if iou is not None
+                            else f"{title} {name}"})
+    if samples:
+        figures.append(("Examples and worst cases (image / ground truth / prediction)",
+                        report.plot_overlay_grid(samples, palette, out / "examples.png")))
+    curves = _run_folder_curves(Path(ckpt.path)) if ckpt.path else None
+    if curves is not None:
+        png = report.plot_training_curves(curves, out / "training_curves.png")
+        if png is not None:
+            figures.append(("Training curves", png))
+    summary = {k: result.get(k) for k in (*SUMMARY_METRICS, "boundary_f1", "hausdorff95")
+               if k in result}
+    notes = [f"checkpoint: {result['checkpoint']}",
+             f"data: {result['dataset']} / {result['split']} ({result['num_images']} images)",
+             f"boundary F1 tolerance: {result['boundary_tolerance']} px; classes absent from "
+             "truth and prediction show n/a and are left out of the means"]
+    report.write_html_report(out / "report.html", f"Evaluation: {ckpt.model_name}", summary,
+                             result["per_class"], figures, notes,
+                             legend=report.legend_html(dataset.class_names, palette))

@@ -1,0 +1,1 @@
+"""What pixelwise reads and writes: run configs, checkpoints, atomic files."""

@@ -1,0 +1,1 @@
+"""Pictures and pages for people: colours, overlays, figures, HTML reports."""

@@ -1,0 +1,1 @@
+"""Training: a run from its config to its checkpoints."""
