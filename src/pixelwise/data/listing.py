@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, DataError
+from ..io import read_text
 
 if TYPE_CHECKING:
     from .spec import DatasetSpec, SplitSpec
@@ -67,7 +68,7 @@ def _list_pairs(spec: DatasetSpec, s: SplitSpec, key: str) -> list[tuple[Path, P
         path = spec_path(spec.root, list_file)
         if not path.is_file():
             raise DataError(f"{path}: split list not found ({key}.list)")
-        for line in path.read_text().splitlines():
+        for line in read_text(path, DataError).splitlines():
             tokens = line.split()
             if not tokens or tokens[0].startswith("#"):
                 continue

@@ -347,7 +347,8 @@ def predict_paths(predictor: Predictor, inputs: Iterable[str | os.PathLike],
                   output_dir: str | os.PathLike, save_probs: bool = False,
                   probs_format: str = "npy", overlay_alpha: float = 0.5,
                   progress: Callable[[int, int], None] | None = None,
-                  skip_existing: bool = False, fail_fast: bool = False) -> dict[str, Any]:
+                  skip_existing: bool = False, fail_fast: bool = False,
+                  overwrite: bool = False) -> dict[str, Any]:
     """Predict every image among ``inputs`` and write the results to ``output_dir``.
 
     Per image ``<stem>``: ``<stem>_mask.png`` (palette PNG of class indices),
@@ -366,6 +367,8 @@ def predict_paths(predictor: Predictor, inputs: Iterable[str | os.PathLike],
         progress: called as ``progress(done_images, total_images)``.
         skip_existing: keep the outputs of images predicted before (summary from their masks).
         fail_fast: raise at the first unreadable input instead of going on.
+        overwrite: replace files in ``output_dir`` that pixelwise did not write (refused
+            otherwise: :mod:`pixelwise.outputs`).
 
     Returns:
         The summary dict (also written as ``summary.json``).
@@ -378,7 +381,8 @@ def predict_paths(predictor: Predictor, inputs: Iterable[str | os.PathLike],
     opts = OutputOptions(save_probs=save_probs, probs_format=probs_format,
                          overlay_alpha=overlay_alpha)
     results = run_jobs(predictor, plan_jobs(collect_inputs(inputs)), out, opts,
-                       skip_existing=skip_existing, fail_fast=fail_fast, progress=progress)
+                       skip_existing=skip_existing, fail_fast=fail_fast, progress=progress,
+                       overwrite=overwrite, summary_name="summary.json")
     return write_summary(predictor, results, out)
 
 
