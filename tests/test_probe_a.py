@@ -185,6 +185,17 @@ def test_overwrite_deletes_only_the_checkpoints_pixelwise_wrote(spec_path, tmp_p
     assert (cfg.run_dir / "checkpoints" / "last.pt").is_file()
 
 
+def test_demo_refuses_to_replace_a_users_file_before_training(tmp_path):
+    from pixelwise.demo import run_demo
+
+    (tmp_path / "metrics.json").write_text("mine")
+    with pytest.raises(PixelwiseError, match="metrics.json") as e:
+        run_demo(tmp_path, epochs=1, n_train=4, n_val=2, size=32)
+    assert "--overwrite" not in str(e.value)  # demo has no such flag
+    assert (tmp_path / "metrics.json").read_text() == "mine"
+    assert not (tmp_path / "data").exists()
+
+
 # --- 10, 11, 16: options ----------------------------------------------------------------------
 
 def test_export_opset_out_of_range_writes_nothing(ckpt, tmp_path, capsys):

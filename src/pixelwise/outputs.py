@@ -81,8 +81,10 @@ def read_records(folder: str | os.PathLike) -> dict[str, str | None]:
 
 
 def refuse_foreign(folder: str | os.PathLike, names: Collection[str],
-                   records: dict[str, str | None], overwrite: bool, option: str = "-o") -> None:
-    """Refuse to replace files in ``folder`` that pixelwise did not write.
+                   records: dict[str, str | None], overwrite: bool, option: str = "-o",
+                   overwrite_flag: str | None = "--overwrite") -> None:
+    """Refuse to replace files in ``folder`` that pixelwise did not write (the message
+    offers ``overwrite_flag`` when the command has one).
 
     Raises:
         PixelwiseError: some of ``names`` exist there and are not in ``records`` (the first
@@ -95,9 +97,10 @@ def refuse_foreign(folder: str | os.PathLike, names: Collection[str],
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3
                                           else "")
+        remedy = f", or pass {overwrite_flag} to replace them" if overwrite_flag else ""
         raise PixelwiseError(f"{option} {folder}: would replace {len(foreign)} file(s) that "
                              f"pixelwise did not write ({shown}); nothing was written. Choose "
-                             f"another output folder, or pass --overwrite to replace them")
+                             f"another output folder{remedy}")
 
 
 class Recorder:
