@@ -193,15 +193,15 @@ def _prepare_outputs(jobs: Sequence[Job], out: Path, opts: OutputOptions, overwr
                      summary_name: str | None) -> Recorder:
     """Refuse outputs that would destroy an input or a user's file; clear the temporaries
     that a killed run left of these outputs; claim the summary."""
-    names = [n for job in jobs for n in output_names(job, opts)]
-    names += [summary_name] if summary_name else []
+    names = {n for job in jobs for n in output_names(job, opts)}
+    names |= {summary_name} if summary_name else set()
     folder = out.resolve()
     for job in jobs:
         if job.path.resolve().parent == folder and job.path.name in names:
             raise PixelwiseError(f"{job.path}: this input would be replaced by an output of "
                                  f"the same name in {out}; choose another output folder")
     refuse_foreign(out, names, read_records(out), overwrite)
-    remove_stale_temporaries(out, set(names))
+    remove_stale_temporaries(out, names)
     recorder = Recorder(out)
     recorder.claim([summary_name] if summary_name else [])
     return recorder
