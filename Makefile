@@ -19,7 +19,7 @@ $(VENV)/.core: $(BIN)/python pyproject.toml
 	touch $@
 
 $(VENV)/.all: $(VENV)/.core pyproject.toml
-	$(BIN)/pip install -q -e ".[export,serve,video,dev]"
+	$(BIN)/pip install -q -e ".[export,serve,video,pretrained,dev]"
 	touch $@
 
 venv: $(VENV)/.core

@@ -1,13 +1,19 @@
 """CPU inference benchmark: plain eager PyTorch against each fast path, side by side.
 
-For each model (``unet`` base 32 with BatchNorm, ``resnet34_unet``, ``fcn8s``) at 512 x 512:
-median latency at batch 1, images/s at batch 4, peak memory, and achieved GFLOP/s (FLOPs
-counted with ``torch.utils.flop_counter.FlopCounterMode``) against this machine's fp32 matmul
-rate, measured in the same run on a 2048 x 2048 matmul.
+For each model (``unet`` base 32 with BatchNorm, ``resnet34_unet``, ``fcn8s``,
+``efficientnet_lite0_unet``) at 512 x 512: median latency at batch 1, images/s at batch 4,
+peak memory, and achieved GFLOP/s (FLOPs counted with
+``torch.utils.flop_counter.FlopCounterMode``) against this machine's fp32 matmul rate,
+measured in the same run on a 2048 x 2048 matmul.
 
 Configurations: ``eager`` (plain model), ``fold_bn`` (BatchNorm folded into the convolutions),
 ``channels_last`` (folded + NHWC), ``compile`` (folded + NHWC + torch.compile with inductor and
-freezing) and ``ort`` (ONNX Runtime, all graph optimisations).
+freezing) and ``ort`` (ONNX Runtime, all graph optimisations). ``smp`` is a peer, not a
+pixelwise path: smp's ``Unet`` of the same network, eager, for the models in
+``peers.SMP_UNETS`` (``efficientnet_lite0_unet``: ``Unet("tu-tf_efficientnet_lite0")``), run
+by the peers venv's python (smp does not import with pixelwise's torch). Without that venv
+the script prints a note and leaves the row out. The JSON's ``smp_peer`` puts smp's best
+latency beside pixelwise's best path, and eager beside eager.
 
 Every (model, configuration, allocator) runs in its own process, so that glibc's allocator
 can be tuned per process (its ``MALLOC_*`` variables are read at process start) and so that
@@ -16,6 +22,7 @@ keeps freed activations instead of unmapping them (see PERF-NOTES.md).
 
     python benchmarks/inference.py                       # the full run, JSON to benchmarks/results/
     python benchmarks/inference.py --quick --models unet --configs eager,fold_bn,ort
+    taskset -c 1 python benchmarks/inference.py --models efficientnet_lite0_unet --threads 1
 """
 from __future__ import annotations
 
@@ -33,12 +40,15 @@ from pathlib import Path
 
 import torch
 
+from peers import SMP_UNETS, find_peers_python, smp_unet
+
 MODELS = {
     "unet": dict(in_channels=3, num_classes=2, base_channels=32, batch_norm=True),
     "resnet34_unet": dict(in_channels=3, num_classes=2),
     "fcn8s": dict(num_classes=21),
+    "efficientnet_lite0_unet": dict(in_channels=3, num_classes=12),
 }
-CONFIGS = ("eager", "fold_bn", "channels_last", "compile", "ort")
+CONFIGS = ("eager", "fold_bn", "channels_last", "compile", "ort", "smp")
 TUNED = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "4294967296",
          "MALLOC_TOP_PAD_": "1073741824"}
 ALLOCATORS = {"default": {}, "tuned": TUNED}
@@ -70,9 +80,6 @@ def memory_mb() -> dict:
 
 def build_runner(spec: dict):
     """A callable ``f(x: Tensor) -> Tensor`` for the spec's model and configuration."""
-    from pixelwise.engine.optimize import optimize_for_inference
-    from pixelwise.models import build_model
-
     config = spec["config"]
     if config == "ort":
         import numpy as np
@@ -83,11 +90,17 @@ def build_runner(spec: dict):
         name = session.get_inputs()[0].name
         return lambda x: torch.from_numpy(np.asarray(session.run(None, {name: x.numpy()})[0]))
     torch.manual_seed(0)
-    model = build_model(spec["model"], **spec["kwargs"]).eval()
-    if config != "eager":
-        model = optimize_for_inference(model, fold_bn=True,
-                                       channels_last=config in ("channels_last", "compile"),
-                                       compile=config == "compile")
+    if config == "smp":  # under the peers venv's python, where pixelwise does not import
+        model = smp_unet(spec["model"], spec["kwargs"]["num_classes"]).eval()
+    else:
+        from pixelwise.engine.optimize import optimize_for_inference
+        from pixelwise.models import build_model
+
+        model = build_model(spec["model"], **spec["kwargs"]).eval()
+        if config != "eager":
+            model = optimize_for_inference(model, fold_bn=True,
+                                           channels_last=config in ("channels_last", "compile"),
+                                           compile=config == "compile")
 
     def run(x):
         with torch.inference_mode():
@@ -143,12 +156,13 @@ def worker(spec: dict) -> dict:
 
 # -- orchestrator -----------------------------------------------------------------------------
 
-def run_subprocess(spec: dict, allocator: str, script: Path = Path(__file__)) -> dict:
+def run_subprocess(spec: dict, allocator: str, script: Path = Path(__file__),
+                   python: str = sys.executable) -> dict:
     env = {**os.environ, **ALLOCATORS[allocator]}
     for key in TUNED:  # "default" must not inherit a tuned parent
         if key not in ALLOCATORS[allocator]:
             env.pop(key, None)
-    proc = subprocess.run([sys.executable, str(script), "--worker", json.dumps(spec)], env=env,
+    proc = subprocess.run([python, str(script), "--worker", json.dumps(spec)], env=env,
                           capture_output=True, text=True)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else
@@ -212,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=5, help="timed batch-1 calls")
     parser.add_argument("--reps-batch", type=int, default=3, help="timed batch calls")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--peers-python", help="the peers venv's python, for the smp rows "
+                        "(default $PIXELWISE_PEERS_PYTHON, else "
+                        "/tmp/pixelwise-peers-venv/bin/python)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 64 x 64, 2 + 1 repetitions")
     parser.add_argument("--output", default=str(ROOT / "results" / "inference.json"))
@@ -238,39 +255,81 @@ def main(argv: list[str] | None = None) -> int:
               "allocators": {k: ALLOCATORS[k] for k in allocators}, "results": []}
     print(f"fp32 matmul 2048x2048: {matmul.get('gflops', float('nan')):.1f} GFLOP/s",
           file=sys.stderr)
+    smp_python = (find_peers_python(args.peers_python)
+                  if "smp" in configs and any(m in SMP_UNETS for m in models) else None)
     with tempfile.TemporaryDirectory() as tmp:
         for model in models:
-            kwargs = MODELS[model]
-            flops = count_flops(model, kwargs, args.size)
-            onnx_path = export_onnx_file(model, kwargs, Path(tmp)) if "ort" in configs else None
-            for config in configs:
-                for allocator in allocators:
-                    spec = {**base, "model": model, "kwargs": kwargs, "config": config,
-                            "onnx": str(onnx_path) if onnx_path else None}
-                    result = run_subprocess(spec, allocator)
-                    row = {"model": model, "config": config, "allocator": allocator,
-                           "gflop_per_image": flops / 1e9, **result}
-                    if "median_latency_b1_ms" in result:
-                        rate = flops / (result["median_latency_b1_ms"] / 1e3) / 1e9
-                        row["gflops_b1"] = rate
-                        row["gflops_batch"] = flops / (result["ms_per_image_batch"] / 1e3) / 1e9
-                        if matmul.get("gflops"):
-                            row["fraction_of_matmul_b1"] = rate / matmul["gflops"]
-                    report["results"].append(row)
-                    print(_row_text(row), file=sys.stderr)
+            runs = [c for c in configs if c != "smp" or (model in SMP_UNETS and smp_python)]
+            report["results"] += run_model(model, runs, allocators, base, matmul.get("gflops"),
+                                           Path(tmp), smp_python)
     _add_speedups(report)
+    report["smp_peer"] = smp_comparison(report["results"])
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out.with_suffix(".tmp").write_text(json.dumps(report, indent=2) + "\n")
+    out.with_suffix(".tmp").replace(out)  # a stopped run leaves the previous file whole
     print(markdown_table(report))
     print(f"\nwrote {out}", file=sys.stderr)
     return 0
 
 
+def run_model(model: str, configs: list[str], allocators: list[str], base: dict,
+              matmul_gflops: float | None, tmp: Path, smp_python: str | None) -> list[dict]:
+    """One row per (configuration, allocator) of ``model``, each from its own process."""
+    kwargs = MODELS[model]
+    flops = count_flops(model, kwargs, base["size"])
+    onnx_path = export_onnx_file(model, kwargs, tmp) if "ort" in configs else None
+    rows = []
+    for config in configs:
+        for allocator in allocators:
+            spec = {**base, "model": model, "kwargs": kwargs, "config": config,
+                    "onnx": str(onnx_path) if onnx_path else None}
+            result = run_subprocess(spec, allocator,
+                                    python=smp_python if config == "smp" else sys.executable)
+            row = {"model": model, "config": config, "allocator": allocator,
+                   "gflop_per_image": flops / 1e9, **result}
+            if "median_latency_b1_ms" in result:
+                rate = flops / (result["median_latency_b1_ms"] / 1e3) / 1e9
+                row["gflops_b1"] = rate
+                row["gflops_batch"] = flops / (result["ms_per_image_batch"] / 1e3) / 1e9
+                if matmul_gflops:
+                    row["fraction_of_matmul_b1"] = rate / matmul_gflops
+            rows.append(row)
+            print(_row_text(row), file=sys.stderr)
+    return rows
+
+
+def smp_comparison(rows: list[dict]) -> list[dict]:
+    """Per model with smp rows: smp's best batch-1 latency against pixelwise's best path, and
+    eager against eager with glibc's default allocator (what a plain script gets)."""
+    timed = [r for r in rows if "median_latency_b1_ms" in r]
+    out = []
+    for model in sorted({r["model"] for r in timed if r["config"] == "smp"}):
+        ours = [r for r in timed if r["model"] == model and r["config"] != "smp"]
+        smp = min((r for r in timed if r["model"] == model and r["config"] == "smp"),
+                  key=lambda r: r["median_latency_b1_ms"])
+        entry = {"model": model, "smp_b1_ms": smp["median_latency_b1_ms"],
+                 "smp_allocator": smp["allocator"]}
+        if ours:
+            best = min(ours, key=lambda r: r["median_latency_b1_ms"])
+            entry.update(best_config=best["config"], best_allocator=best["allocator"],
+                         best_b1_ms=best["median_latency_b1_ms"],
+                         speedup_vs_smp=smp["median_latency_b1_ms"] / best["median_latency_b1_ms"])
+        eager = {r["config"]: r["median_latency_b1_ms"] for r in timed if r["model"] == model
+                 and r["config"] in ("eager", "smp") and r["allocator"] == "default"}
+        if len(eager) == 2:
+            entry["eager_speedup_vs_smp_eager"] = eager["smp"] / eager["eager"]
+        out.append(entry)
+        print(f"{model}: smp {entry['smp_b1_ms']:.1f} ms, pixelwise best "
+              f"{entry.get('best_b1_ms', float('nan')):.1f} ms ({entry.get('best_config')}), "
+              f"{entry.get('speedup_vs_smp', float('nan')):.2f}x", file=sys.stderr)
+    return out
+
+
 def _row_text(row: dict) -> str:
     if "error" in row:
-        return f"{row['model']:<14}{row['config']:<14}{row['allocator']:<8} error: {row['error']}"
-    return (f"{row['model']:<14}{row['config']:<14}{row['allocator']:<8}"
+        return f"{row['model']:<24}{row['config']:<14}{row['allocator']:<8} error: {row['error']}"
+    return (f"{row['model']:<24}{row['config']:<14}{row['allocator']:<8}"
             f"{row['median_latency_b1_ms']:9.1f} ms  {row['gflops_b1']:7.1f} GFLOP/s  "
             f"{row['peak_rss_mb']:7.0f} MB")
 

@@ -13,11 +13,19 @@ cores, so both sides always see the same machine:
   1x1 and fc-like convolutions as matrix products, deep 3x3 ones by Winograd's F(4x4, 3x3)),
   pixelwise's optimiser builder (fused kernels without layout copies), loss and full-size
   forward.
+- ``smp`` (``--peer smp``, for the models in ``peers.SMP_UNETS``): smp's ``Unet`` of the same
+  network (``efficientnet_lite0_unet``: ``Unet("tu-tf_efficientnet_lite0")``) trained the plain
+  way as above, in the peers venv's python (smp does not import with pixelwise's torch).
+  Without that venv the script prints a note and skips the smp pair; the other models keep
+  their plain side.
 
 Prints one line per model and writes JSON (``--out``) with both medians and their ratio.
 
     python benchmarks/train_step.py                   # unet, unet_small, resnet34_unet
     python benchmarks/train_step.py --models all --steps 8 --out benchmarks/results/train_step.json
+    python benchmarks/train_step.py --models efficientnet_lite0_unet --peer smp --steps 6
+    python benchmarks/train_step.py --models efficientnet_lite0_unet --peer smp --steps 1 \
+        --size 64 --cores 0 --out /tmp/smoke.json  # smoke check: both workers on core 0
 """
 from __future__ import annotations
 
@@ -33,6 +41,8 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from peers import SMP_UNETS, find_peers_python, smp_unet
 
 BATCH, SIZE, CLASSES = 4, 256, 12
 
@@ -136,9 +146,13 @@ def _pixelwise_model(name: str) -> nn.Module:
     return build_model(name, num_classes=CLASSES, **PIXELWISE_KWARGS.get(name, {}))
 
 
-def plain_step(name: str):
+def peer_step(side: str, name: str):
+    """The plain loop, on the seed's code, the pixelwise module, or smp's network (``side``)."""
     torch.manual_seed(0)
-    model = REFERENCES[name](3, CLASSES) if name in REFERENCES else _pixelwise_model(name)
+    if side == "smp":
+        model = smp_unet(name, CLASSES)
+    else:
+        model = REFERENCES[name](3, CLASSES) if name in REFERENCES else _pixelwise_model(name)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
 
@@ -178,12 +192,12 @@ def pixelwise_step(name: str):
     return model, step
 
 
-def worker(side: str, name: str, steps: int) -> dict:
+def worker(side: str, name: str, steps: int, size: int) -> dict:
     torch.set_num_threads(1)
-    model, step = (plain_step if side == "plain" else pixelwise_step)(name)
+    model, step = pixelwise_step(name) if side == "pixelwise" else peer_step(side, name)
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(BATCH, 3, SIZE, SIZE, generator=gen)
-    y = torch.randint(0, CLASSES, (BATCH, SIZE, SIZE), generator=gen)
+    x = torch.randn(BATCH, 3, size, size, generator=gen)
+    y = torch.randint(0, CLASSES, (BATCH, size, size), generator=gen)
     for _ in range(1):  # warm-up: first allocations
         step(x, y)
     times = []
@@ -191,36 +205,54 @@ def worker(side: str, name: str, steps: int) -> dict:
         t = time.perf_counter()
         step(x, y)
         times.append(time.perf_counter() - t)
-    return {"median_s": statistics.median(times), "times_s": times,
+    return {"median_s": statistics.median(times), "times_s": times, "torch": torch.__version__,
             "params": sum(p.numel() for p in model.parameters())}
 
 
 # ---------------------------------------------------------------------------------------------
 # Driver: pairs at the same time on cores 0 and 1, then swapped
 
-def run_pair(name: str, steps: int) -> dict:
-    results: dict[str, list[dict]] = {"plain": [], "pixelwise": []}
-    for cores in ((0, 1), (1, 0)):
+def run_pair(name: str, steps: int, size: int, peer: str, python: str,
+             cores: tuple[int, int]) -> dict:
+    """``peer`` (run by ``python``) and pixelwise at the same time, one core each, then with
+    the cores swapped (once when both share one core: a smoke check, not a measurement)."""
+    pythons = {peer: python, "pixelwise": sys.executable}
+    results: dict[str, list[dict]] = {peer: [], "pixelwise": []}
+    first, second = cores
+    for order in [(first, second)] if first == second else [(first, second), (second, first)]:
         procs = {}
-        for side, core in zip(("plain", "pixelwise"), cores):
-            cmd = ["taskset", "-c", str(core), sys.executable, __file__, "--worker", side,
-                   "--models", name, "--steps", str(steps)]
+        for (side, exe), core in zip(pythons.items(), order):
+            cmd = ["taskset", "-c", str(core), exe, __file__, "--worker", side,
+                   "--models", name, "--steps", str(steps), "--size", str(size)]
             env = {**os.environ, "OMP_NUM_THREADS": "1"}
-            procs[side] = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+            procs[side] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                           text=True, env=env)
         for side, proc in procs.items():
-            out, _ = proc.communicate()
+            out, err = proc.communicate()
             if proc.returncode != 0:
-                raise SystemExit(f"{name} ({side}) worker failed with exit {proc.returncode}")
+                last = err.strip().splitlines()[-1] if err.strip() else "no message"
+                raise SystemExit(f"{name} ({side}) worker failed with exit "
+                                 f"{proc.returncode}: {last}")
             results[side].append(json.loads(out.strip().splitlines()[-1]))
-    plain = statistics.mean(r["median_s"] for r in results["plain"])
+    slow = statistics.mean(r["median_s"] for r in results[peer])
     fast = statistics.mean(r["median_s"] for r in results["pixelwise"])
     params = {side: r[0]["params"] for side, r in results.items()}
-    if params["plain"] != params["pixelwise"]:
+    if peer == "plain" and params["plain"] != params["pixelwise"]:
         raise SystemExit(f"{name}: reference has {params['plain']} parameters, pixelwise "
                          f"{params['pixelwise']}: not the same network")
-    return {"model": name, "params": params["pixelwise"], "plain_s": plain, "pixelwise_s": fast,
-            "speedup": plain / fast, "plain_images_per_s": BATCH / plain,
-            "pixelwise_images_per_s": BATCH / fast, "runs": results}
+    return {"model": name, "peer": peer, "params": params["pixelwise"],
+            "peer_params": params[peer], "torch": {s: r[0]["torch"] for s, r in results.items()},
+            f"{peer}_s": slow, "pixelwise_s": fast, "speedup": slow / fast,
+            f"{peer}_images_per_s": BATCH / slow, "pixelwise_images_per_s": BATCH / fast,
+            "cores": list(cores), "runs": results}
+
+
+def parse_cores(text: str) -> tuple[int, int]:
+    cores = [int(c) for c in text.split(",") if c.strip().isdigit()]
+    if len(cores) not in (1, 2) or len(cores) != len(text.split(",")):
+        raise argparse.ArgumentTypeError(f"want 'A,B' or 'A' (core numbers), "
+                                         f"got {text!r}")
+    return (cores[0], cores[-1])
 
 
 def main() -> None:
@@ -228,27 +260,50 @@ def main() -> None:
     ap.add_argument("--models", default="unet,unet_small,resnet34_unet",
                     help="comma-separated registered names, or 'all'")
     ap.add_argument("--steps", type=int, default=6, help="timed steps per worker")
-    ap.add_argument("--out", default="benchmarks/results/train_step.json")
-    ap.add_argument("--worker", choices=["plain", "pixelwise"], help=argparse.SUPPRESS)
+    ap.add_argument("--size", type=int, default=SIZE, help="crop side (256; smaller: smoke)")
+    ap.add_argument("--peer", choices=["plain", "smp"], default="plain",
+                    help="smp: pixelwise against smp's same network, where there is one")
+    ap.add_argument("--peers-python", help="the peers venv's python (default "
+                    "$PIXELWISE_PEERS_PYTHON or /tmp/pixelwise-peers-venv/bin/python)")
+    ap.add_argument("--cores", type=parse_cores, default=(0, 1),
+                    help="the two cores, 'A,B' (default 0,1); one core 'A' for a smoke check")
+    ap.add_argument("--out", help="JSON (default benchmarks/results/train_step.json, "
+                    "train_step_smp.json with --peer smp)")
+    ap.add_argument("--worker", choices=["plain", "smp", "pixelwise"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.models, args.steps)))
+        print(json.dumps(worker(args.worker, args.models, args.steps, args.size)))
         return
     from pixelwise.models import list_models
 
     names = list_models() if args.models == "all" else args.models.split(",")
+    smp_python = (find_peers_python(args.peers_python)
+                  if args.peer == "smp" and any(n in SMP_UNETS for n in names) else None)
     rows = []
     for name in names:
-        row = run_pair(name, args.steps)
+        peer = "smp" if args.peer == "smp" and name in SMP_UNETS else "plain"
+        if peer == "smp" and smp_python is None:
+            continue  # the note is printed once, above
+        row = run_pair(name, args.steps, args.size, peer,
+                       smp_python if peer == "smp" else sys.executable, args.cores)
         rows.append(row)
-        print(f"{name:24s} {row['params'] / 1e6:7.2f} M  plain {row['plain_s']:.3f} s/step  "
+        print(f"{name:24s} {row['params'] / 1e6:7.2f} M  {peer} {row[f'{peer}_s']:.3f} s/step  "
               f"pixelwise {row['pixelwise_s']:.3f} s/step  speed-up {row['speedup']:.2f}x",
               flush=True)
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"batch": BATCH, "size": SIZE, "torch": torch.__version__,
-                   "cpu": platform.processor() or platform.machine(), "results": rows}, f, indent=2)
-    print(f"wrote {args.out}")
+    if rows:
+        write_json(args.out or f"benchmarks/results/train_step{'_smp' * (args.peer == 'smp')}"
+                   ".json", {"batch": BATCH, "size": args.size, "torch": torch.__version__,
+                             "cpu": platform.processor() or platform.machine(),
+                             "results": rows})
+
+
+def write_json(path: str, report: dict) -> None:
+    """Atomically: a run stopped half-way leaves the previous file whole."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(report, f, indent=2)
+    os.replace(path + ".tmp", path)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

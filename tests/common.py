@@ -25,6 +25,10 @@ TINY = {
     "vgg16_unet": dict(in_channels=3, num_classes=3, decoder_channels=[8, 8, 8, 8]),
     "resnet50_unet": dict(in_channels=3, num_classes=3, decoder_channels=[8, 8, 8, 8, 8]),
     "resnet34_unet_concat": dict(in_channels=3, num_classes=3, decoder_channels=[8, 8, 8, 8, 8]),
+    # the pretrained-encoder U-Nets (from scratch here; the ImageNet weights: test_efficientnet)
+    "efficientnet_lite0_unet": dict(in_channels=3, num_classes=3, decoder_channels=[8] * 5),
+    "efficientnet_lite1_unet": dict(in_channels=1, num_classes=2, decoder_channels=[8] * 5),
+    "efficientnet_lite2_unet": dict(in_channels=3, num_classes=1, decoder_channels=[8] * 5),
 }
 
 

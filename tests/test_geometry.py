@@ -19,7 +19,8 @@ VALID2 = dict(in_channels=1, num_classes=1, base_channels=2, depth=2, padding="v
 STRIDES = {"unet": 8, "unet_small": 16, "unet_plus_plus": 8, "attention_unet": 8, "r2unet": 8,
            "r2attention_unet": 8, "fcn8s": 32, "fcn16s": 32, "fcn32s": 32, "segnet": 32,
            "resnet34_unet": 32, "resnet34_unet_concat": 32, "resnet50_unet": 32, "ce_net": 32,
-           "vgg16_unet": 16}
+           "vgg16_unet": 16, "efficientnet_lite0_unet": 32, "efficientnet_lite1_unet": 32,
+           "efficientnet_lite2_unet": 32}
 
 
 def test_valid_unet_sizes_by_hand():

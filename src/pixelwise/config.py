@@ -93,6 +93,9 @@ class OptimConfig(_Section):
     weight_decay: float = Field(1e-4, ge=0)
     # FCN (Long et al.) doubles the learning rate of biases and does not decay them.
     bias_lr_factor: float = Field(1.0, gt=0)
+    # Learning rate of a pretrained encoder's parameters (modules under ``encoder.``) as a
+    # factor of ``lr``: fine-tuning moves ImageNet features less than a fresh decoder.
+    encoder_lr_factor: float = Field(1.0, gt=0)
     bias_weight_decay: float | None = Field(None, ge=0)
     schedule: Literal["poly", "cosine", "none"] = "poly"
     power: float = Field(0.9, gt=0)

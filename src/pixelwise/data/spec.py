@@ -32,6 +32,12 @@ Mask encodings (``mask.encoding``):
   pixel of any object becomes ``instance_class`` and the rest background (0). A single
   labelled file (0 = background, k = object k) works the same way.
 
+- ``labelme`` / ``coco`` / ``cvat``: annotation files drawn into masks
+  (:mod:`pixelwise.data.annotations`). ``masks`` is the LabelMe JSON template of each image
+  (``"json/{stem}.json"``) or the split's one COCO JSON / CVAT for images 1.1 XML file
+  (``"annotations/train.json"``); labels map to ``class_names`` by name; pixels no shape
+  covers are class 0; LabelMe lines and points are ``line_width`` / ``point_size`` px.
+
 An optional ``valid`` template per split names a region mask (non-zero = inside); pixels
 outside become ``ignore_index`` (DRIVE's field of view).
 
@@ -73,7 +79,8 @@ class MaskSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    encoding: Literal["indices", "value_map", "threshold", "rgb", "instances"] = "indices"
+    encoding: Literal["indices", "value_map", "threshold", "rgb", "instances", "labelme", "coco",
+                      "cvat"] = "indices"
     value_map: dict[int, int] | None = None
     threshold: float | None = None
     colors: list[RGB] | None = None
@@ -81,6 +88,8 @@ class MaskSpec(BaseModel):
     ignore_colors: list[RGB] = Field(default_factory=list)
     unmapped: Literal["error", "ignore"] = "error"
     instance_class: int = 1
+    line_width: int = Field(default=10, ge=1)  # annotation lines (LabelMe's default)
+    point_size: int = Field(default=5, ge=0)  # annotation points: disc radius (LabelMe's)
 
     @model_validator(mode="after")
     def _needs(self) -> "MaskSpec":

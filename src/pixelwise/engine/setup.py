@@ -111,6 +111,19 @@ def build_run_model(cfg: RunConfig, kwargs: dict[str, Any], device: torch.device
     return model
 
 
+def use_encoder_normalization(model: nn.Module, *datasets) -> None:
+    """A pretrained encoder's input normalisation replaces the data set's mean / std in
+    ``datasets`` (None entries skipped): the weights were trained on inputs normalised that
+    way (ImageNet statistics, or 0.5 / 0.5 for the TF ports), and the checkpoint records
+    what training used, so prediction, serving and export apply the same."""
+    from ..models.weights import pretrained_normalization
+
+    for ds in datasets:
+        norm = pretrained_normalization(model, ds.in_channels) if ds is not None else None
+        if norm is not None:
+            ds.mean, ds.std = list(norm[0]), list(norm[1])
+
+
 def build_criterion(cfg: RunConfig, ignore_index: int, device: torch.device) -> nn.Module:
     """``loss`` with the dataset's ``ignore_index``, averaged over the heads of a deeply
     supervised model (a list of logits in training); the loss itself for one tensor."""

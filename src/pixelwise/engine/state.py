@@ -14,7 +14,8 @@ from . import distributed as ddp
 from .budget import TimeBudget
 from .sampling import EpochBatchSampler, build_loaders
 from .schedule import build_budget, build_optimizer, build_scheduler
-from .setup import build_criterion, build_datasets, build_run_model, resolve_model_kwargs
+from .setup import (build_criterion, build_datasets, build_run_model, resolve_model_kwargs,
+                    use_encoder_normalization)
 
 
 @dataclass
@@ -92,6 +93,7 @@ def build_run_state(cfg: RunConfig, info: ddp.DistInfo) -> RunState:
     train_ds, val_ds, transform = build_datasets(cfg)
     model_kwargs = resolve_model_kwargs(cfg, train_ds)
     model = build_run_model(cfg, model_kwargs, info.device)
+    use_encoder_normalization(model, train_ds, val_ds)
     criterion = build_criterion(cfg, train_ds.ignore_index, info.device)
     train_loader, val_loader = build_loaders(cfg, train_ds, val_ds, transform, info)
     steps_per_epoch = len(train_loader.batch_sampler) // cfg.optim.grad_accum

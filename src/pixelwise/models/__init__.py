@@ -2,7 +2,8 @@
 and the U-Net zoo: UNet++, Attention U-Net, R2U-Net, R2AttU-Net, CE-Net, SegNet, VGG16 and
 ResNet50 U-Nets."""
 from .registry import build_model, list_models, register_model
-from . import (attention_unet, ce_net, encoder_unet, fcn, resnet_unet, segnet,  # noqa: F401
+from . import (attention_unet, ce_net, efficientnet_unet, encoder_unet, fcn,  # noqa: F401
+               resnet_unet, segnet,
                unet, unet_plus_plus)  # (importing registers the builders)
 from .attention_unet import AttentionUNet
 from .ce_net import CENet

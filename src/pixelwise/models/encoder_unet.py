@@ -49,13 +49,19 @@ class EncoderUNet(nn.Module):
         num_classes: output channels (logits).
         decoder_channels: width of each decoder block, deepest first; the first
             ``len(stages) - 1 + log2(stage_strides[0])`` entries are used.
+        input_skip: for an encoder whose first stage is strided, the width of a skip at full
+            resolution (one 3x3 conv + BN + ReLU on the input, joined by the last decoder
+            block); 0 (smp's layout): none. Thin structures (vessels, membranes) are one or
+            two pixels wide, finer than any strided stage.
+        in_channels: the input's channels (for ``input_skip``).
 
     Shape:
         input ``(N, C, H, W)`` of any size the encoder takes; output ``(N, num_classes, H, W)``.
     """
 
     def __init__(self, encoder: nn.Module, num_classes: int,
-                 decoder_channels: Sequence[int] = DECODER_CHANNELS):
+                 decoder_channels: Sequence[int] = DECODER_CHANNELS, input_skip: int = 0,
+                 in_channels: int = 3):
         super().__init__()
         self.encoder = encoder
         chans, strides = list(encoder.stage_channels), list(encoder.stage_strides)
@@ -68,10 +74,19 @@ class EncoderUNet(nn.Module):
                              f"got {list(decoder_channels)}")
         widths = [chans[-1]] + list(decoder_channels[:n_blocks])
         skip_widths = skips + [0] * extra
+        self.input_skip = None
+        if input_skip:
+            if extra != 1:
+                raise ValueError("input_skip needs an encoder whose first stage has stride 2, "
+                                 f"got {strides[0]}")
+            skip_widths[-1] = input_skip
+            self.input_skip = nn.Sequential(nn.Conv2d(in_channels, input_skip, 3, padding=1),
+                                            nn.BatchNorm2d(input_skip), nn.ReLU(inplace=True))
         self.blocks = nn.ModuleList(DoubleConv(widths[k] + skip_widths[k], widths[k + 1], 1, True)
                                     for k in range(n_blocks))
         self.head = nn.Conv2d(widths[-1], num_classes, 1)
-        init_decoder(self.blocks, self.head)
+        decoder = [self.blocks] + ([self.input_skip] if self.input_skip is not None else [])
+        init_decoder(nn.ModuleList(decoder), self.head)
 
     @property
     def total_stride(self) -> int:
@@ -82,6 +97,8 @@ class EncoderUNet(nn.Module):
         _checks.check_min_size(x, self.min_size, "this encoder's U-Net")
         height, width = x.shape[-2:]
         stages = self.encoder(x)
+        if self.input_skip is not None:
+            stages.insert(0, self.input_skip(x))
         d = stages.pop()
         for k, block in enumerate(self.blocks):
             if stages:

@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from .backbones.vgg import VGG16Backbone, vgg16_to_fcn_state_dict
 from .registry import register_model
-from .weights import load_state_dict, resolve_pretrained
+from .weights import load_state_dict, normalization_of, resolve_pretrained
 
 # Crop offsets of the reference nets (Caffe "Crop" layers), in pixels of the larger map.
 POOL4_OFFSET, POOL3_OFFSET = 5, 9
@@ -107,6 +107,7 @@ class FCN(nn.Module):
         """Load torchvision ImageNet VGG16 weights (path or URL) into the backbone, strictly."""
         state = vgg16_to_fcn_state_dict(load_state_dict(source))
         self.backbone.load_state_dict(state, strict=True)
+        self.backbone.pretrained_normalization = normalization_of("vgg16")
 
 
 def _fcn(stride: int, num_classes: int, learnable_upsampling: bool, dropout: float,
