@@ -128,3 +128,10 @@ def default_conv_init(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
         if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
             m.reset_parameters()
     return model
+
+
+def listed(folder) -> list[str]:
+    """The files of an output folder, without pixelwise's record of what it wrote there."""
+    from pixelwise.io.outputs import RECORD_DIR
+
+    return sorted(p.name for p in Path(folder).iterdir() if p.name != RECORD_DIR)

@@ -148,3 +148,156 @@ test_image_readers, test_image_readers_long = _readers
 test_upload_decoder, test_upload_decoder_long = _upload
 test_checkpoint_reader, test_checkpoint_reader_long = _checkpoint
 test_spec_loader, test_spec_loader_long = _spec
+
+
+# --- run configs and list files: any bytes (not UTF-8 included) -----------------------------
+
+CONFIG = b"""model: {name: unet, kwargs: {base_channels: 4, depth: 2}}
+data: {spec: spec.yaml, batch_size: 2}
+optim: {lr: 0.01, momentum: 0.9}
+train: {epochs: 1, max_minutes: 1.5}
+output: {dir: runs}
+"""
+
+
+@fuzz(inputs([CONFIG, "train: {seed: 1}  # café\n".encode("latin-1")]))
+def _config(data: bytes) -> None:
+    from pixelwise.io.config import load_config
+
+    path = WORK / "run.yaml"
+    path.write_bytes(data)
+    only_our_errors(load_config, path)
+
+
+@fuzz(inputs([b"a\nb\n# comment\n", "caf\xe9\n".encode("latin-1")]))
+def _list_file(data: bytes) -> None:
+    from pixelwise.data import load_spec
+    from pixelwise.data.check import check_dataset
+
+    (WORK / "val.txt").write_bytes(data)
+    (WORK / "spec.yaml").write_bytes(SPEC.replace(b"ROOT", str(WORK).encode()))
+    only_our_errors(lambda: check_dataset(load_spec(WORK / "spec.yaml"), splits=["val"]))
+
+
+test_config_loader, test_config_loader_long = _config
+test_list_file, test_list_file_long = _list_file
+
+
+@pytest.mark.parametrize("what", ["config", "spec", "list"])
+def test_files_that_are_not_utf8_are_one_line_naming_the_file(what, tmp_path):
+    from pixelwise.io.config import load_config
+    from pixelwise.data import load_spec
+    from pixelwise.data.listing import resolve_split
+
+    latin1 = "# café\n".encode("latin-1")
+    spec = tmp_path / "spec.yaml"
+    spec.write_bytes(SPEC.replace(b"ROOT", str(tmp_path).encode()))
+    bad = {"config": tmp_path / "run.yaml", "spec": spec, "list": tmp_path / "val.txt"}[what]
+    bad.write_bytes((CONFIG if what == "config" else SPEC.replace(b"ROOT", b".")
+                     if what == "spec" else b"a\n") + latin1)
+    read = {"config": lambda: load_config(bad), "spec": lambda: load_spec(bad),
+            "list": lambda: resolve_split(load_spec(spec), "val")}[what]
+    with pytest.raises(PixelwiseError) as e:
+        read()
+    assert str(e.value).startswith(f"{bad}: ") and "UTF-8" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+# --- non-finite numbers: every numeric option and every numeric config key -------------------
+
+def _numeric_options():
+    """(subcommand path, option) for every numeric option of the command line."""
+    import click
+
+    from pixelwise.cli import SUBCOMMANDS, cli
+
+    def walk(command, path):
+        if isinstance(command, click.Group):
+            for name in command.list_commands(None):
+                yield from walk(command.get_command(None, name), [*path, name])
+            return
+        for param in command.params:
+            numeric = (click.types.FloatParamType, click.types.IntParamType)
+            if isinstance(param, click.Option) and isinstance(param.type, numeric):
+                yield path, param.opts[0]
+        if path == ["predict"]:
+            yield path, "--scales"  # comma-separated floats, parsed by a callback
+
+    found = []
+    for name in SUBCOMMANDS:
+        try:
+            found += list(walk(cli.get_command(None, name), [name]))
+        except click.ClickException:  # an optional extra that is not installed
+            continue
+    return found
+
+
+NUMERIC_OPTIONS = _numeric_options()
+
+
+def test_the_numeric_options_are_all_found():
+    assert {opt for _, opt in NUMERIC_OPTIONS} >= {"--minutes", "--overlap", "--threshold",
+                                                   "--scales", "--max-upload-mb", "--tile-size",
+                                                   "--opset", "--port"}
+
+
+@pytest.mark.parametrize("path, option", NUMERIC_OPTIONS, ids=lambda v: str(v))
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_numbers_are_refused_by_every_numeric_option(path, option, value, capsys):
+    from pixelwise.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main([*path, option, value])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err
+    assert option in err and "Missing" not in err, err
+
+
+def _config_floats():
+    """Dotted keys of every float field of the run config's sections."""
+    import typing
+
+    from pixelwise.io.config import RunConfig
+
+    keys = []
+    for section, field in RunConfig.model_fields.items():
+        model = field.annotation if isinstance(field.annotation, type) else None
+        if model is None or not hasattr(model, "model_fields"):
+            continue
+        for key, sub in model.model_fields.items():
+            if float in (sub.annotation, *typing.get_args(sub.annotation)):
+                keys.append(f"{section}.{key}")
+    return keys
+
+
+CONFIG_FLOATS = _config_floats()
+
+
+def test_the_config_floats_are_all_found():
+    assert {"train.max_minutes", "optim.lr", "train.val_threshold"} <= set(CONFIG_FLOATS)
+
+
+@pytest.mark.parametrize("key", CONFIG_FLOATS + ["loss.kwargs.alpha", "augment.scale"])
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan"])
+def test_non_finite_numbers_are_refused_by_every_config_key(key, value):
+    import yaml
+
+    from pixelwise.io.config import load_config
+    from pixelwise.errors import ConfigError
+
+    raw = yaml.safe_load(CONFIG)
+    with pytest.raises(ConfigError, match=rf"{key}: must be a finite number"):
+        load_config(raw=raw, overrides=[f"{key}={value}"])
+
+
+@pytest.mark.parametrize("key", ["mean", "std", "class_weights"])
+def test_non_finite_numbers_are_refused_in_a_spec(key, tmp_path):
+    import yaml
+
+    from pixelwise.data import load_spec
+    from pixelwise.errors import ConfigError
+
+    spec = yaml.safe_load(SPEC.replace(b"ROOT", str(tmp_path).encode()))
+    spec[key] = [float("nan")] if key != "class_weights" else [1.0, float("inf")]
+    with pytest.raises(ConfigError, match=key):
+        load_spec(spec)

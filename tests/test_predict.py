@@ -19,7 +19,9 @@ from pixelwise.inference.tiling import mirror_pad
 from pixelwise.errors import ConfigError, DataError
 from pixelwise.models import build_model
 
-from common import default_conv_init
+from pixelwise.inference.batch import output_stem
+
+from common import default_conv_init, listed
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -218,7 +220,9 @@ def test_predict_paths_writes_masks_overlays_probs_summary(ckpt3, tmp_path):
     out = tmp_path / "out"
     summary = predict_paths(pred, [src, str(src / "sub" / "*.png")], out, save_probs=True)
 
-    assert [e["mask"] for e in summary["images"]] == ["a_mask.png", "b_mask.png", "a_2_mask.png"]
+    assert [e["mask"] for e in summary["images"]] == [
+        f"{output_stem(src / 'a.png')}_mask.png", "b_mask.png",
+        f"{output_stem(src / 'sub' / 'a.png')}_mask.png"]
     first = summary["images"][0]
     mask_png = Image.open(out / first["mask"])
     assert mask_png.mode == "P"
@@ -343,7 +347,7 @@ def test_cli_predict_images_and_raster(ckpt3, tmp_path, capsys):
               str(tmp_path / "scene.tif"), "--raster", "--block-size", "64", "--output",
               str(out), "--tile-size", "32", "--tta", "--probs", "--no-progress"])
     assert exit_info.value.code == 0
-    assert {p.name for p in out.iterdir()} == {"a_mask.png", "a_overlay.png", "a_probs.npy",
+    assert set(listed(out)) == {"a_mask.png", "a_overlay.png", "a_probs.npy",
                                               "summary.json", "scene_mask.tif"}
     want = Predictor(ckpt3, tile_size=32, tta=True, fast=True).predict(
         np.asarray(Image.open(tmp_path / "a.png")))

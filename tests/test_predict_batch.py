@@ -9,8 +9,10 @@ import pytest
 from PIL import Image
 
 from pixelwise.cli import main
-from pixelwise.inference.batch import plan_jobs, shard
+from pixelwise.inference.batch import output_stem, plan_jobs, shard
 from test_predict import UNET3, _save, image
+
+from common import listed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -63,7 +65,7 @@ def test_unreadable_inputs_are_listed_and_the_rest_predicted(ckpt, tmp_path, cap
 def test_fail_fast_stops_at_the_first_unreadable_input(ckpt, tmp_path, capsys):
     src, out = _bad_folder(tmp_path), tmp_path / "out"
     assert _predict(src, "-c", ckpt, "-o", out, "--fail-fast") == 1
-    assert sorted(p.name for p in out.iterdir()) == ["a_mask.png", "a_overlay.png",
+    assert listed(out) == ["a_mask.png", "a_overlay.png",
                                                      "b_mask.png", "b_overlay.png"]
     assert f"{src / 'c.png'}" in capsys.readouterr().err
 
@@ -73,12 +75,12 @@ def test_skip_existing_predicts_only_the_missing_files(ckpt, tmp_path):
     _good(src, "a.png", "b.png", "c.png")
     assert _predict(src, "-c", ckpt, "-o", out, "--probs") == 0
     first = json.loads((out / "summary.json").read_text())
-    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    stamps = {n: (out / n).stat().st_mtime_ns for n in listed(out)}
     (out / "b_overlay.png").unlink()  # as if killed while writing b
     (out / "summary.json").unlink()
     assert _predict(src, "-c", ckpt, "-o", out, "--probs", "--skip-existing") == 0
     assert json.loads((out / "summary.json").read_text()) == first
-    again = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    again = {n: (out / n).stat().st_mtime_ns for n in listed(out)}
     redone = {n for n in stamps if n != "summary.json" and again[n] != stamps[n]}
     assert redone == {"b_mask.png", "b_overlay.png", "b_probs.npy"}
 
@@ -87,7 +89,11 @@ def test_shards_cover_every_input_once_with_names_fixed_before_sharding(tmp_path
     paths = [tmp_path / "x" / "a.png", tmp_path / "b.png", tmp_path / "y" / "a.png",
              tmp_path / "c.png", tmp_path / "z" / "a.png"]
     jobs = plan_jobs(paths)
-    assert [j.stem for j in jobs] == ["a", "b", "a_2", "c", "a_3"]
+    a = [output_stem(paths[i]) for i in (0, 2, 4)]
+    assert len(set(a)) == 3 and all(s.startswith("a_") and len(s) == 10 for s in a)
+    assert [j.stem for j in jobs] == [a[0], "b", a[1], "c", a[2]]
+    # the same input keeps its name in any order (not "a_2" for the second one seen)
+    assert [j.stem for j in plan_jobs(paths[::-1])] == [a[2], "c", a[1], "b", a[0]]
     parts = [shard(jobs, r, 2) for r in range(2)]
     assert sorted(j.index for p in parts for j in p) == list(range(5))
     assert [j.stem for j in parts[1]] == ["b", "c"]
@@ -107,8 +113,8 @@ def test_two_gloo_processes_predict_like_one(ckpt, tmp_path):
                           "--nproc_per_node", "2", *cmd, "-o", str(tmp_path / "two")],
                          env=env, capture_output=True, text=True, timeout=180)
     assert two.returncode != 0 and two.stderr.count("bad.png: ") >= 1, two.stderr[-3000:]
-    one_files = sorted(p.name for p in (tmp_path / "one").iterdir())
-    assert one_files == sorted(p.name for p in (tmp_path / "two").iterdir())
+    one_files = listed(tmp_path / "one")
+    assert one_files == listed(tmp_path / "two")
     assert len(one_files) == 2 * 5 + 1
     for name in one_files:
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()

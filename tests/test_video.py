@@ -13,6 +13,8 @@ from pixelwise.inference.predict import Predictor
 from pixelwise.errors import PixelwiseError
 from test_predict import UNET3, _save
 
+from common import listed
+
 av = pytest.importorskip("av", reason="video tests need PyAV: pip install 'pixelwise[video]'")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -103,7 +105,7 @@ def test_unreadable_video_is_listed(ckpt, tmp_path, capsys):
     (failed,) = json.loads((out / "summary.json").read_text())["failed"]
     assert failed["error"].startswith(f"{tmp_path / 'broken.mp4'}: not a readable video")
     assert "Traceback" not in capsys.readouterr().err
-    assert not [p for p in out.iterdir() if p.name != "summary.json"]  # no torn outputs
+    assert listed(out) == ["summary.json"]  # no torn outputs
 
 
 def test_bench_fps_reports_frames_per_second(ckpt, tmp_path, capsys):

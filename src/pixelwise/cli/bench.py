@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ..errors import PixelwiseError
+from .options import DEVICE_HELP, parse_device
 
 BENCHMARKS = Path(__file__).resolve().parents[3] / "benchmarks"
 
@@ -25,7 +26,8 @@ BENCHMARKS = Path(__file__).resolve().parents[3] / "benchmarks"
 @click.option("--tile-size", type=click.IntRange(min=1), default=None,
               help="With --fps: predict in tiles of this size.")
 @click.option("--tta", is_flag=True, help="With --fps: flip test-time augmentation.")
-@click.option("--device", default="auto", show_default=True, help="With --fps: torch device.")
+@click.option("--device", default="auto", show_default=True, callback=parse_device,
+              help=f"With --fps: {DEVICE_HELP}")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def command(tiling: bool, video: str | None, checkpoint: str | None, frames_per_batch: int,
             max_frames: int | None, tile_size: int | None, tta: bool, device: str,

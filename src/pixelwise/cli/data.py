@@ -56,7 +56,10 @@ def check(spec: str, root: str | None, splits: tuple[str, ...], max_images: int 
     """
     from ..data.check import check_dataset, format_report
     from ..io.files import atomic_write_json
+    from ..io.outputs import check_output_file
 
+    if json_path:  # before the whole dataset is read; never over the spec itself
+        check_output_file(json_path, "--json", inputs=[spec] if Path(spec).is_file() else [])
     report = check_dataset(_spec(spec, root), splits=list(splits) or None, max_images=max_images,
                            min_size=min_size)
     click.echo(format_report(report))
@@ -144,6 +147,7 @@ def download(name: str | None, root: str, list_only: bool, no_progress: bool) ->
       pixelwise data check voc2012 --root data/voc --split val
     """
     from ..data.download import download as fetch, list_downloads
+    from ..io.outputs import check_output_folder
 
     if list_only or name is None:
         for key, text in list_downloads().items():
@@ -151,5 +155,7 @@ def download(name: str | None, root: str, list_only: bool, no_progress: bool) ->
         if name is None and not list_only:
             raise click.UsageError("give a dataset NAME (listed above)")
         return
+    if name in list_downloads():  # an unknown name is reported by fetch, with no folder made
+        check_output_folder(root, "--root")
     out = fetch(name, Path(root), progress=not no_progress)
     click.echo(f"{name}: ready in {out}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from ..inference.forward import DEFAULT_THRESHOLD
+from .options import DEVICE_HELP, FiniteFloatRange, parse_device
 
 
 @click.command(name="evaluate")
@@ -17,21 +18,24 @@ from ..inference.forward import DEFAULT_THRESHOLD
 @click.option("--split", default="val", show_default=True, help="Split to score.")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False),
               help="Folder for metrics.json, report.html and the figures.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@click.option("--device", default="auto", show_default=True, callback=parse_device,
+              help=DEVICE_HELP)
 @click.option("--tile-size", type=click.IntRange(min=1), default=None,
               help="Predict in tiles of this size (large images); default whole images.")
-@click.option("--overlap", type=click.FloatRange(0, 1, max_open=True), default=0.25,
+@click.option("--overlap", type=FiniteFloatRange(0, 1, max_open=True), default=0.25,
               show_default=True, help="Tile overlap fraction.")
-@click.option("--threshold", type=click.FloatRange(0, 1), default=DEFAULT_THRESHOLD, show_default=True,
+@click.option("--threshold", type=FiniteFloatRange(0, 1), default=DEFAULT_THRESHOLD,
+              show_default=True,
               help="Foreground probability threshold of a binary model (as train.val_threshold).")
 @click.option("--tolerance", type=click.IntRange(min=0), default=2, show_default=True,
               help="Boundary F1 matching tolerance in pixels.")
 @click.option("--examples", type=click.IntRange(min=0), default=3, show_default=True,
               help="Overlays of the first N images and of the N worst (lowest IoU).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace files in the output folder that pixelwise did not write.")
 def command(checkpoint: str, spec: str | None, root: str | None, split: str, output: str,
-            device: str,
-            tile_size: int | None, overlap: float, threshold: float, tolerance: int,
-            examples: int) -> None:
+            device: str, tile_size: int | None, overlap: float, threshold: float,
+            tolerance: int, examples: int, overwrite: bool) -> None:
     """Score a checkpoint on a dataset split: pixel accuracy, mean accuracy, mean IoU,
     frequency-weighted IoU, Dice, boundary F1 and per-class tables in DIR/metrics.json, and a
     self-contained DIR/report.html (confusion matrix, per-class IoU, overlays including the
@@ -47,12 +51,10 @@ def command(checkpoint: str, spec: str | None, root: str | None, split: str, out
     from ..io.checkpoint import read_checkpoint
     from ..data import load_spec
     from ..inference.evaluate import evaluate
-    from ..devices import device_problem
     from ..metrics import SUMMARY_METRICS
+    from ..io.outputs import check_output_folder
 
-    problem = device_problem(device)
-    if problem is not None:
-        raise click.BadParameter(problem, param_hint="--device")
+    check_output_folder(output, "--output")  # before the evaluation, not after it
     if spec is None:
         spec = ((read_checkpoint(checkpoint).get("config") or {}).get("data") or {}).get("spec")
         if spec is None:
@@ -61,7 +63,8 @@ def command(checkpoint: str, spec: str | None, root: str | None, split: str, out
         spec = load_spec(spec, root=root)
     result = evaluate(checkpoint, spec, split, output, device=device, tile_size=tile_size,
                       overlap=overlap, threshold=threshold, boundary_tolerance=tolerance,
-                      num_examples=examples, num_worst=examples, progress=True)
+                      num_examples=examples, num_worst=examples, progress=True,
+                      overwrite=overwrite)
     for key in (*SUMMARY_METRICS, "boundary_f1", "hausdorff95"):
         if key not in result:
             continue

@@ -33,7 +33,15 @@ def command(checkpoint, fmt, output, opset, example_size, fold_bn, verify) -> No
           --format onnx --output camvid.onnx
     """
     from ..io.checkpoint import load_checkpoint
+    from ..io.outputs import check_output_file
 
+    check_output_file(output, "--output", inputs=[checkpoint])
+    if fmt == "onnx":
+        from ..export.onnx import opset_problem
+
+        problem = opset_problem(opset)
+        if problem is not None:
+            raise click.BadParameter(problem, param_hint="--opset")
     ckpt = load_checkpoint(checkpoint)
     if example_size is not None:
         _check_example_size(ckpt, example_size)

@@ -9,15 +9,13 @@ import click
 from ..errors import PixelwiseError
 from ..inference.backend import BACKENDS
 from ..inference.forward import DEFAULT_THRESHOLD
+from .options import DEVICE_HELP, FiniteFloatRange, finite_numbers, parse_device
 
 RASTER_PIXELS = 2**26  # TIFFs above this (about 8,000 x 8,000) are predicted block by block
 
 
 def _parse_scales(ctx, param, value: str) -> tuple[float, ...]:
-    try:
-        scales = tuple(float(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers, got {value!r}")
+    scales = finite_numbers(value, "--scales")
     if not scales or any(s <= 0 for s in scales):
         raise click.BadParameter(f"scales must be positive, got {value!r}")
     return scales
@@ -70,7 +68,7 @@ def _parse_shard(ctx, param, value: str | None) -> tuple[int, int] | None:
 
 @click.command("predict")
 @click.argument("inputs", nargs=-1)
-@click.option("--files-from", type=click.File("r"), default=None,
+@click.option("--files-from", type=click.File("r", encoding="utf-8"), default=None,
               help="Also read inputs from this file, one path per line ('-': stdin).")
 @click.option("--shard", callback=_parse_shard, default=None, metavar="I/N",
               help="Predict only share I (0-based) of N of the inputs, without torchrun "
@@ -81,12 +79,13 @@ def _parse_shard(ctx, param, value: str | None) -> tuple[int, int] | None:
               help="Output folder (created if missing).")
 @click.option("--tile-size", type=click.IntRange(min=1), default=None,
               help="Predict in tiles of this size (default: whole images).")
-@click.option("--overlap", type=click.FloatRange(0, 1, max_open=True), default=0.25,
+@click.option("--overlap", type=FiniteFloatRange(0, 1, max_open=True), default=0.25,
               show_default=True, help="Tile overlap fraction.")
 @click.option("--tta", is_flag=True, help="Average over horizontal and vertical flips.")
 @click.option("--scales", default="1.0", callback=_parse_scales, show_default=True,
               help="Test-time scales, e.g. 0.75,1,1.25 (averaged with the flips).")
-@click.option("--threshold", type=click.FloatRange(0, 1), default=DEFAULT_THRESHOLD, show_default=True,
+@click.option("--threshold", type=FiniteFloatRange(0, 1), default=DEFAULT_THRESHOLD,
+              show_default=True,
               help="Foreground probability threshold of a binary model.")
 @click.option("--backend", type=click.Choice(["auto", *BACKENDS]), default="auto",
               show_default=True, help="Inference engine; auto: onnxruntime for an .onnx file, "
@@ -100,8 +99,8 @@ def _parse_shard(ctx, param, value: str | None) -> tuple[int, int] | None:
               help="Video frames per forward pass.")
 @click.option("--mask-video", is_flag=True,
               help="Also write NAME_mask.mkv for videos (lossless class colours).")
-@click.option("--device", default="auto", show_default=True,
-              help="Torch device; auto = cuda:LOCAL_RANK when CUDA is available, else cpu.")
+@click.option("--device", default="auto", show_default=True, callback=parse_device,
+              help=DEVICE_HELP)
 @click.option("--fast/--no-fast", "--optimize/--no-optimize", "fast", default=None,
               help="The fast path: BatchNorm folded, channels_last, pixelwise.fast's "
                    "convolutions (same results, faster on CPU); torch only, on by default "
@@ -113,6 +112,9 @@ def _parse_shard(ctx, param, value: str | None) -> tuple[int, int] | None:
               help="Block side for --raster.")
 @click.option("--skip-existing", is_flag=True,
               help="Leave inputs whose outputs are all there (resume a killed job).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace files in the output folder that pixelwise did not write "
+                   "(refused by default; its own earlier outputs are always replaced).")
 @click.option("--fail-fast", is_flag=True,
               help="Stop at the first input that cannot be read (default: list it, go on, "
                    "exit 1 at the end).")
@@ -124,8 +126,8 @@ def _parse_shard(ctx, param, value: str | None) -> tuple[int, int] | None:
               help="Show progress bars (stderr; rank 0 only under torchrun).")
 def command(inputs, files_from, shard, checkpoint, output, tile_size, overlap, tta, scales,
             threshold, backend, probs, probs_format, batch_size, frames_per_batch, mask_video,
-            device, fast, raster, block_size, skip_existing, fail_fast, polygons,
-            progress) -> None:
+            device, fast, raster, block_size, skip_existing, overwrite, fail_fast,
+            polygons, progress) -> None:
     """Predict class masks for images, videos, folders and glob patterns.
 
     Writes per image NAME_mask.png (palette PNG of class indices, class names in a text
@@ -133,7 +135,10 @@ def command(inputs, files_from, shard, checkpoint, output, tile_size, overlap, t
     every input that could not be read. Large TIFF scenes become NAME_mask.tif (tiled,
     georeferenced like the input). A video (.mp4, .avi, .mov, .mkv, .webm) becomes
     NAME_overlay.mp4 (same frame count and rate), NAME_areas.csv (class pixels per frame)
-    and, with --mask-video, NAME_mask.mkv; it needs the `video` extra (PyAV).
+    and, with --mask-video, NAME_mask.mkv; it needs the `video` extra (PyAV). NAME is the
+    input's stem, plus 8 hex digits of its path's hash when another input has that stem
+    (d1/a.png -> a_3f2c9d01). Files in the output folder that pixelwise did not write (ground
+    truth beside the images, say) are never replaced without --overwrite.
 
     Under torchrun each process predicts its share of the inputs on its own device, all into
     the output folder; rank 0 writes summary.json. Without torchrun, --shard I/N predicts
@@ -153,8 +158,10 @@ def command(inputs, files_from, shard, checkpoint, output, tile_size, overlap, t
     from ..inference.batch import shard as shard_of
     from ..inference.predict import Predictor
     from ..inference.video import VIDEO_SUFFIXES
+    from ..io.outputs import check_output_folder
 
     inputs = _given_inputs(inputs, files_from)
+    out = check_output_folder(output, "--output")
     if shard is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise click.UsageError("--shard is for jobs without torchrun (torchrun shards itself)")
     group = join_group()
@@ -172,11 +179,13 @@ def command(inputs, files_from, shard, checkpoint, output, tile_size, overlap, t
         opts = OutputOptions(save_probs=probs, probs_format=probs_format,
                              mask_video=mask_video, frames_per_batch=frames_per_batch,
                              block_size=block_size)
-        out = Path(output)
+        if polygons != "png" and group.rank == 0:
+            _claim_polygon_files(jobs, polygons, out, summary_name, overwrite)
         results = run_jobs(predictor, shard_of(jobs, rank, world_size), out, opts,
                            skip_existing=skip_existing, fail_fast=fail_fast,
                            on_failure=lambda path, msg: click.echo(f"error: {msg}", err=True),
-                           progress=bars.image_done)
+                           progress=bars.image_done, overwrite=overwrite,
+                           summary_name=summary_name if group.rank == 0 else None)
         results = gather(results, group)
     finally:
         bars.close()
@@ -189,10 +198,27 @@ def command(inputs, files_from, shard, checkpoint, output, tile_size, overlap, t
     _report(group.rank, results, summary, out / summary_name)
 
 
+def _claim_polygon_files(jobs, polygons: str, out: Path, summary_name: str,
+                         overwrite: bool) -> None:
+    """The polygon files written after the summary are refused and claimed like the rest:
+    a LabelMe NAME.json beside an image is often the user's ground truth."""
+    from ..io.outputs import Recorder, read_records, refuse_foreign
+
+    names = ([f"{job.stem}.json" for job in jobs if job.kind == "image"] if polygons == "labelme"
+             else [summary_name.replace("summary", "coco")])
+    refuse_foreign(out, names, read_records(out), overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    Recorder(out).claim(names)
+
+
 def _given_inputs(inputs: tuple[str, ...], files_from) -> tuple[str, ...]:
     """The command line's inputs, then --files-from's lines (blank ones skipped)."""
     if files_from is not None:
-        inputs = (*inputs, *(line.strip() for line in files_from if line.strip()))
+        try:
+            inputs = (*inputs, *(line.strip() for line in files_from if line.strip()))
+        except UnicodeDecodeError as e:
+            raise click.BadParameter(f"{files_from.name}: not a UTF-8 text file (byte {e.start} "
+                                     f"is not UTF-8)", param_hint="--files-from") from None
     if not inputs:
         raise click.UsageError("give inputs (files, folders, globs) or --files-from")
     return inputs

@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from ..errors import PixelwiseError
+from .options import DEVICE_HELP, FiniteFloatRange, parse_device
 
 
 @click.command("serve")
@@ -19,10 +20,11 @@ from ..errors import PixelwiseError
 @click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime"]), default="auto",
               show_default=True, help="Inference backend; auto: onnxruntime for an .onnx file, "
                                       "torch for a checkpoint.")
-@click.option("--device", default="cpu", show_default=True, help="Torch device (cpu, cuda, cuda:1).")
+@click.option("--device", default="cpu", show_default=True, callback=parse_device,
+              help=DEVICE_HELP)
 @click.option("--tile-size", type=click.IntRange(min=16), default=None,
               help="Predict large images in tiles of this size (default: whole image).")
-@click.option("--max-upload-mb", type=click.FloatRange(min=0, min_open=True), default=20.0,
+@click.option("--max-upload-mb", type=FiniteFloatRange(min=0, min_open=True), default=20.0,
               show_default=True, help="Largest accepted upload, in MiB (413 above).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=4096 * 4096, show_default=True,
               help="Largest accepted width x height, checked before decoding (413 above).")
@@ -57,12 +59,14 @@ def command(checkpoint: Path, host: str, port: int, backend: str, device: str,
         raise PixelwiseError("serving needs the 'serve' extra: pip install 'pixelwise[serve]'") from e
     import torch
 
+    from ..devices import resolve_device
     from ..inference.predict import Predictor
     from .predict import choose_backend
     from ..serve import create_app
 
     if threads is not None:
         torch.set_num_threads(threads)
+    device = str(resolve_device(device))
     source, backend, _ = choose_backend(checkpoint, backend, fast=False)
     predictor = Predictor(source, backend=backend, tile_size=tile_size, device=device,
                           threads=threads)

@@ -6,6 +6,8 @@ import os
 
 import click
 
+from .options import FiniteFloatRange
+
 
 @click.command(name="train")
 @click.argument("config", type=click.Path(dir_okay=False), required=False)
@@ -14,7 +16,7 @@ import click
                    "preset name with --root).")
 @click.option("--root", type=click.Path(file_okay=False), default=None,
               help="Data folder, overriding the spec's root (needed for presets).")
-@click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--minutes", type=FiniteFloatRange(min=0, min_open=True), default=None,
               help="Time budget (train.max_minutes): the schedule is fitted to it.")
 @click.option("--set", "overrides", metavar="KEY=VALUE", multiple=True,
               help="Override a config field (value parsed as YAML); repeatable.")

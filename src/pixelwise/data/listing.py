@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, DataError
+from ..io.files import read_text
 
 if TYPE_CHECKING:
     from .spec import DatasetSpec, SplitSpec
@@ -103,7 +104,7 @@ def _list_pairs(spec: DatasetSpec, s: SplitSpec, key: str) -> list[tuple[Path, P
         if not path.is_file():
             raise DataError(f"{path}: split list not found ({key}.list)")
         before = len(pairs)
-        for line in path.read_text().splitlines():
+        for line in read_text(path, DataError).splitlines():
             entry = _list_line(line)
             if entry is None:
                 continue

@@ -81,7 +81,7 @@ TEMPLATE_FIELDS = {"id", "stem", "name", "parent"}
 class MaskSpec(BaseModel):
     """How raw mask values become class indices (see the module docstring)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     encoding: Literal["indices", "value_map", "threshold", "rgb", "instances", "labelme", "coco",
                       "cvat"] = "indices"
@@ -107,7 +107,7 @@ class MaskSpec(BaseModel):
 class SplitSpec(BaseModel):
     """Where the samples of one split are."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
     images: str
     id_list: str | list[str] | None = Field(default=None, alias="list")
@@ -136,7 +136,7 @@ class SplitSpec(BaseModel):
 class HoldoutSpec(BaseModel):
     """Carve a seeded random split (e.g. ``val``) out of another (e.g. ``train``)."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
     source: str = Field(default="train", alias="from")
     target: str = Field(default="val", alias="to")
@@ -151,7 +151,7 @@ class DatasetSpec(BaseModel):
     channels and 0.5 / 0.5 otherwise. ``palette`` defaults to the PASCAL VOC colour map.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str = "dataset"
     root: Path

@@ -26,6 +26,18 @@ from .parity import check_parity, example_input
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 DEFAULT_OPSET = 18
+MIN_OPSET = 13  # the oldest the exporter writes with dynamic shapes
+
+
+def opset_problem(opset: int) -> str | None:
+    """Why ``opset`` cannot be exported, or None: outside MIN_OPSET up to the newest opset
+    of the installed ``onnx`` (beyond it the exporter falls back to another opset)."""
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        return f"opset {opset} is not in {MIN_OPSET}..{newest} (the installed onnx's range)"
+    return None
 
 
 def _as_checkpoint(checkpoint: str | os.PathLike | Checkpoint) -> Checkpoint:
@@ -58,6 +70,10 @@ def onnx_bytes(ckpt: Checkpoint, opset: int = DEFAULT_OPSET, example_size: int |
     finally:
         quiet.setLevel(level)
     proto = program.model_proto
+    made = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if made != opset:  # the exporter falls back to its default when it cannot convert
+        raise PixelwiseError(f"ONNX export of {ckpt.model_name!r}: opset {opset} asked for, "
+                             f"but the exporter produced opset {made}; nothing was written")
     # The exporter names output sizes by formulas of the input's ("Min(height + 31, ...)");
     # plain names read better in tools, and the sizes are checked at run time anyway.
     out_dims = proto.graph.output[0].type.tensor_type.shape.dim

@@ -1,14 +1,19 @@
 """Predict a list of files: each input exactly once across ``torchrun`` processes, past
 unreadable inputs, and resumable.
 
-The inputs are numbered in the order given; their output names (``<stem>_mask.png``, with
-``_2``, ``_3`` for a file name seen before) are fixed from the whole list before it is cut
-into shards, so every process names files as one process would. Process ``r`` of ``n``
-predicts inputs ``r, r + n, r + 2n, ...`` on its own device, all write into one folder, and
-rank 0 merges everything into ``summary.json`` once every process is done. With
-``skip_existing`` an input whose outputs are all there is not predicted again (its summary
-entry is read back from them), so a killed job rerun with the same line does only the rest;
-the outputs are written atomically, so one that is there is whole.
+The inputs are numbered in the order given. Each one's output names (``<stem>_mask.png``)
+depend on its own path only, never on its place in the list: the file's stem, and when
+another input of the list has that stem too, the stem plus 8 hex digits of a hash of its
+resolved path (``a_3f2c9d01``), so ``d1/a.png`` and ``d2/a.png`` keep their names in any
+order, in any shard and in every process. Process ``r`` of ``n`` predicts inputs
+``r, r + n, r + 2n, ...`` on its own device, all write into one folder, and rank 0 merges
+everything into ``summary.json`` once every process is done.
+
+The folder may hold the user's own files: only files that pixelwise wrote are replaced
+(:mod:`pixelwise.io.outputs` keeps the record), others only with ``overwrite``. With
+``skip_existing`` an input whose outputs are all there, whole and recorded as predicted from
+that same input, is not predicted again (its summary entry is read back from them), so a
+killed job rerun with the same line does only the rest.
 
 An input that fails (not an image, truncated, empty, missing, out of memory, any error) is
 listed with its reason under ``failed`` in the summary and reported through ``on_failure``;
@@ -17,8 +22,10 @@ the others go on, and the command exits non-zero at the end.
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -28,9 +35,10 @@ import numpy as np
 import torch.distributed as dist
 
 from ..errors import DataError, PixelwiseError
-from ..io.files import atomic_write_json
 from ..data.labels import class_areas, class_pixels
 from ..data.readers import IMAGE_SUFFIXES
+from ..io.files import atomic_write_json, remove_stale_temporaries
+from ..io.outputs import Recorder, read_records, refuse_foreign
 from .predict import Predictor, predict_image_file
 
 # A process that finishes its shard early waits for the others at the final merge; prediction
@@ -69,17 +77,17 @@ class Results:
 
 
 def plan_jobs(paths: Sequence[Path], kinds: Sequence[str] | None = None) -> list[Job]:
-    """Number the inputs and give each a unique output stem (``a``, ``a_2``, ...)."""
-    stems: set[str] = set()
-    jobs = []
-    for i, path in enumerate(paths):
-        path = Path(path)
-        stem, k = path.stem, 2
-        while stem in stems:  # same file name in two folders
-            stem, k = f"{path.stem}_{k}", k + 1
-        stems.add(stem)
-        jobs.append(Job(i, path, stem, kinds[i] if kinds is not None else "image"))
-    return jobs
+    """Number the inputs and give each its output stem (see the module docstring)."""
+    paths = [Path(p) for p in paths]
+    shared = Counter(p.stem for p in paths)
+    return [Job(i, path, output_stem(path) if shared[path.stem] > 1 else path.stem,
+                kinds[i] if kinds is not None else "image") for i, path in enumerate(paths)]
+
+
+def output_stem(path: Path) -> str:
+    """``<stem>_<8 hex digits>``: a stem that two inputs share, told apart by their paths."""
+    digest = hashlib.sha1(str(Path(path).resolve()).encode("utf-8")).hexdigest()
+    return f"{Path(path).stem}_{digest[:8]}"
 
 
 def shard(jobs: Sequence[Job], rank: int, world_size: int) -> list[Job]:
@@ -144,25 +152,34 @@ def _entry_from_outputs(predictor: Predictor, job: Job, out: Path,
 def run_jobs(predictor: Predictor, jobs: Sequence[Job], output_dir: str | os.PathLike,
              opts: OutputOptions = OutputOptions(), skip_existing: bool = False,
              fail_fast: bool = False, on_failure: Callable[[Path, str], None] | None = None,
-             progress: Callable[[int, int], None] | None = None) -> Results:
+             progress: Callable[[int, int], None] | None = None, overwrite: bool = False,
+             summary_name: str | None = None) -> Results:
     """Predict ``jobs`` into ``output_dir``, going on past inputs that cannot be read.
 
+    ``summary_name``: the summary this process writes afterwards (checked with the rest).
+
     Raises:
+        PixelwiseError: before anything is written, when an output would replace an input or
+            a file pixelwise did not write (unless ``overwrite``).
         DataError: with ``fail_fast``, at the first input that fails.
     """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    recorder = _prepare_outputs(jobs, out, opts, overwrite, summary_name)
+    records = read_records(out) if skip_existing else {}
     results = Results()
     for done, job in enumerate(jobs, start=1):
         try:
             entry = None
-            if skip_existing and all((out / n).is_file() for n in output_names(job, opts)):
+            if skip_existing and _finished_before(job, out, opts, records):
                 try:
                     entry = _entry_from_outputs(predictor, job, out, opts)
                 except (PixelwiseError, ValueError, OSError):
                     entry = None  # unreadable leftovers: predict again
             if entry is None:
+                recorder.claim(output_names(job, opts))
                 entry = _predict(predictor, job, out, opts)
+                recorder.completed(output_names(job, opts), job.path)
             results.done.append((job.index, job.kind, entry))
         except Exception as e:  # noqa: BLE001  (one input's failure must not stop the rest)
             message = failure_message(job.path, e)
@@ -185,6 +202,31 @@ def failure_message(path: Path, error: Exception) -> str:
     elif not isinstance(error, (PixelwiseError, ValueError, OSError)):
         text = f"{type(error).__name__}: {text}"
     return text if str(path) in text else f"{path}: {text}"
+
+
+def _prepare_outputs(jobs: Sequence[Job], out: Path, opts: OutputOptions, overwrite: bool,
+                     summary_name: str | None) -> Recorder:
+    """Refuse outputs that would destroy an input or a user's file; clear the temporaries
+    that a killed run left of these outputs; claim the summary."""
+    names = {n for job in jobs for n in output_names(job, opts)}
+    names |= {summary_name} if summary_name else set()
+    folder = out.resolve()
+    for job in jobs:
+        if job.path.resolve().parent == folder and job.path.name in names:
+            raise PixelwiseError(f"{job.path}: this input would be replaced by an output of "
+                                 f"the same name in {out}; choose another output folder")
+    refuse_foreign(out, names, read_records(out), overwrite)
+    remove_stale_temporaries(out, names)
+    recorder = Recorder(out)
+    recorder.claim([summary_name] if summary_name else [])
+    return recorder
+
+
+def _finished_before(job: Job, out: Path, opts: OutputOptions,
+                     records: dict[str, str | None]) -> bool:
+    """All of the input's outputs are there, recorded as completed from this very input."""
+    source = str(job.path.resolve())
+    return all((out / n).is_file() and records.get(n) == source for n in output_names(job, opts))
 
 
 def write_summary(predictor: Predictor, results: Results, output_dir: str | os.PathLike,
@@ -253,7 +295,8 @@ def predict_paths(predictor: Predictor, inputs: Iterable[str | os.PathLike],
                   output_dir: str | os.PathLike, save_probs: bool = False,
                   probs_format: str = "npy", overlay_alpha: float = 0.5,
                   progress: Callable[[int, int], None] | None = None,
-                  skip_existing: bool = False, fail_fast: bool = False) -> dict[str, Any]:
+                  skip_existing: bool = False, fail_fast: bool = False,
+                  overwrite: bool = False) -> dict[str, Any]:
     """Predict every image among ``inputs`` and write the results to ``output_dir``.
 
     Per image ``<stem>``: ``<stem>_mask.png`` (palette PNG of class indices),
@@ -272,6 +315,8 @@ def predict_paths(predictor: Predictor, inputs: Iterable[str | os.PathLike],
         progress: called as ``progress(done_images, total_images)``.
         skip_existing: keep the outputs of images predicted before (summary from their masks).
         fail_fast: raise at the first unreadable input instead of going on.
+        overwrite: replace files in ``output_dir`` that pixelwise did not write (refused
+            otherwise: :mod:`pixelwise.io.outputs`).
 
     Returns:
         The summary dict (also written as ``summary.json``).
@@ -282,7 +327,8 @@ def predict_paths(predictor: Predictor, inputs: Iterable[str | os.PathLike],
     opts = OutputOptions(save_probs=save_probs, probs_format=probs_format,
                          overlay_alpha=overlay_alpha)
     results = run_jobs(predictor, plan_jobs(collect_inputs(inputs)), out, opts,
-                       skip_existing=skip_existing, fail_fast=fail_fast, progress=progress)
+                       skip_existing=skip_existing, fail_fast=fail_fast, progress=progress,
+                       overwrite=overwrite, summary_name="summary.json")
     return write_summary(predictor, results, out)
 
 

@@ -20,7 +20,7 @@ import torch
 
 from ..io.checkpoint import Checkpoint, load_checkpoint
 from ..errors import ConfigError, DataError
-from ..io.files import atomic_write_json
+from ..io.files import atomic_write_json, remove_stale_temporaries
 from ..metrics import SUMMARY_METRICS
 from ..metrics.confusion import mean_defined
 from ..devices import resolve_device
@@ -84,7 +84,8 @@ def evaluate(checkpoint: str | os.PathLike | Checkpoint, spec: Any, split: str =
              output: str | os.PathLike | None = None, *, device: str = "auto",
              tile_size: int | None = None, overlap: float = 0.25,
              threshold: float = DEFAULT_THRESHOLD, boundary_tolerance: int = 2,
-             num_examples: int = 3, num_worst: int = 3, progress: bool = False) -> dict[str, Any]:
+             num_examples: int = 3, num_worst: int = 3, progress: bool = False,
+             overwrite: bool = False) -> dict[str, Any]:
     """Score a checkpoint on one split and (with ``output``) write metrics.json and report.html.
 
     Args:
@@ -98,6 +99,8 @@ def evaluate(checkpoint: str | os.PathLike | Checkpoint, spec: Any, split: str =
         boundary_tolerance: pixel tolerance of the boundary F1 score.
         num_examples, num_worst: overlays of the first images and of the lowest-IoU images.
         progress: show a progress bar.
+        overwrite: replace files in ``output`` that pixelwise did not write (refused, before
+            the evaluation, otherwise).
 
     Returns:
         The metrics dict written to ``metrics.json``: ``pixel_accuracy``, ``mean_accuracy``,
@@ -107,6 +110,8 @@ def evaluate(checkpoint: str | os.PathLike | Checkpoint, spec: Any, split: str =
     from ..data import SegmentationDataset
 
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    if output is not None:  # a folder that cannot take the outputs fails before the work
+        _claim_outputs(Path(output), overwrite)
     dataset = SegmentationDataset(spec, split)
     _check_classes(ckpt, dataset)
     if len(dataset) == 0:  # every metric would be n/a: not a result
@@ -180,6 +185,20 @@ def _score_split(dataset, predict: Callable[[np.ndarray], np.ndarray], tolerance
             if len(worst) > num_worst:
                 heapq.heappop(worst)  # drops the best of the kept (largest iou)
     return cm, per_image, kept, worst
+
+
+# Every file an evaluation may write into its output folder.
+OUTPUTS = ("metrics.json", "report.html", "confusion_matrix.png", "class_iou.png",
+           "examples.png", "training_curves.png")
+
+
+def _claim_outputs(out: Path, overwrite: bool) -> None:
+    from ..io.outputs import Recorder, check_output_folder, read_records, refuse_foreign
+
+    check_output_folder(out, "output")
+    refuse_foreign(out, OUTPUTS, read_records(out), overwrite)
+    remove_stale_temporaries(out, OUTPUTS)
+    Recorder(out).claim(OUTPUTS)
 
 
 def _write_outputs(out: Path, result: dict[str, Any], ckpt: Checkpoint, dataset,

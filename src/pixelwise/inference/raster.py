@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from ..io.files import atomic_path
 from ..models import geometry
 from .predict import Predictor
 
@@ -188,23 +189,16 @@ def predict_raster(predictor: Predictor, src: str | os.PathLike, dst: str | os.P
     block = max(tile, block_size // tile * tile)
     margin = _default_margin(predictor) if margin is None else margin
     dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    with TiffRegionReader(src) as reader:
+    with TiffRegionReader(src) as reader, atomic_path(dst) as tmp:
         height, width = reader.height, reader.width
         tiles = _mask_tiles(predictor, reader, src, block, margin, tile, progress)
-        try:
-            with tifffile.TiffWriter(tmp, bigtiff=height * width > 2**31) as writer:
-                writer.write(tiles, shape=(height, width), dtype=np.uint8, tile=(tile, tile),
-                             compression="zlib", photometric="palette",
-                             colormap=_colormap(predictor.palette),
-                             extratags=geotiff_extratags(reader.tags),
-                             description=f"pixelwise mask; classes: {predictor.class_names}",
-                             metadata=None)
-            os.replace(tmp, dst)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        with tifffile.TiffWriter(tmp, bigtiff=height * width > 2**31) as writer:
+            writer.write(tiles, shape=(height, width), dtype=np.uint8, tile=(tile, tile),
+                         compression="zlib", photometric="palette",
+                         colormap=_colormap(predictor.palette),
+                         extratags=geotiff_extratags(reader.tags),
+                         description=f"pixelwise mask; classes: {predictor.class_names}",
+                         metadata=None)
     return dst
 
 

@@ -185,14 +185,24 @@ def _load_failure(error: Exception) -> str:
     unknown source that would run its code, so that advice is never passed on.
     """
     text = str(error)
-    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    # torch 2.6-2.13 words a refused import "Unsupported global: GLOBAL os.system was not an
+    # allowed global" or "Trying to load unsupported GLOBAL posix.system whose module posix
+    # is blocked", and a refused call "Trying to call reduce for unrecognized function ...".
+    found = (re.search(r"unsupported global:?\s+(?:GLOBAL\s+)?([A-Za-z_][\w.]*)", text, re.I)
+             or re.search(r"unrecognized function\s+(<[^>]*>|\S+)", text, re.I))
     if found:
         return (f"not a pixelwise checkpoint: it holds a Python object ({found.group(1)}) "
-                f"that no checkpoint contains; such files are refused unread (no code runs)")
+                f"that no checkpoint contains; the unsupported global was refused unread "
+                f"(no code ran)")
+    if isinstance(error, EOFError) or "Ran out of input" in text:
+        return "not a readable checkpoint (the file is empty or ends too early)"
     if "Weights only load failed" in text:
         return "not a readable checkpoint (not a PyTorch file, or a damaged one)"
-    first = text.strip().splitlines()[0][:200] if text.strip() else ""
-    return f"not a readable checkpoint ({type(error).__name__}: {first})"
+    if "central directory" in text or "zip archive" in text:
+        return "not a readable checkpoint (a damaged or truncated file: its archive is incomplete)"
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    sentence = re.split(r"(?<=\.)\s", first, maxsplit=1)[0]  # whole sentences only
+    return f"not a readable checkpoint ({type(error).__name__}: {sentence[:300]})"
 
 
 def _check_fields(ckpt: dict, path: Path) -> None:

@@ -18,6 +18,7 @@ There is no inheritance between configs: a recipe is complete in itself.
 from __future__ import annotations
 
 import inspect
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -28,7 +29,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_valid
 
 from ..errors import ConfigError
 from ..inference.forward import DEFAULT_THRESHOLD
-from .files import atomic_write_text
+from .files import atomic_write_text, read_text
 
 __all__ = ["RunConfig", "ModelConfig", "DataConfig", "OptimConfig", "LossConfig", "TrainConfig",
            "OutputConfig", "load_config", "parse_config", "apply_overrides", "dump_config"]
@@ -302,6 +303,7 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
     """Validate a nested dict into a :class:`RunConfig`; errors name the dotted key."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: a run config must be a mapping, got {type(raw).__name__}")
+    _check_finite(raw, source)
     try:
         cfg = RunConfig.model_validate(raw)
     except ValidationError as e:
@@ -309,6 +311,18 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
     _check_model_kwargs(cfg.model, source)
     _check_loss(cfg.loss, source)
     return cfg
+
+
+def _check_finite(node: Any, source: str, key: str = "") -> None:
+    """No nan or inf anywhere (``.inf`` is valid YAML): in a range check inf passes a lower
+    bound and nan every bound, and either fails later, after the run folder is made."""
+    if isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{source}: invalid config: {key}: must be a finite number "
+                          f"(got {node})")
+    children = (node.items() if isinstance(node, dict)
+                else enumerate(node) if isinstance(node, (list, tuple)) else ())
+    for name, child in children:
+        _check_finite(child, source, f"{key}.{name}" if key else str(name))
 
 
 def _check_loss(loss: LossConfig, source: str) -> None:
@@ -359,7 +373,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         if not p.is_file():
             raise ConfigError(f"{p}: config file not found")
         try:
-            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            raw = yaml.safe_load(read_text(p, ConfigError)) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: not valid YAML: {e}") from e
         if isinstance(raw, dict) and isinstance(raw.setdefault("output", {}), dict):

@@ -13,7 +13,7 @@ import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator, Sequence
+from typing import Any, BinaryIO, Callable, Collection, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -22,7 +22,12 @@ from ..errors import PixelwiseError
 
 # tempfile.mkstemp names: ".NAME." + 8 characters of [a-z0-9_] + ".tmp" (atomic_write), or
 # ".STEM." + 8 + ".tmp.SUFFIX" (atomic_path: writers that pick the format by suffix, video).
-_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)?")
+_TEMPORARY = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)?")
+
+
+def _target(found: re.Match) -> str:
+    """The file name a temporary was to become."""
+    return found.group(1) + (found.group(2) or "")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
@@ -37,6 +42,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -53,6 +59,28 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     return path
 
 
+def _file_mode() -> int:
+    """The mode ``open()`` gives a new file: mkstemp's 0600 ignores the umask, and outputs
+    on a shared folder must be readable as the user's other files are."""
+    umask = os.umask(0o022)  # reading the umask means setting it; put it back at once
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def read_text(path: str | os.PathLike, error: type[PixelwiseError] = PixelwiseError) -> str:
+    """A UTF-8 text file's contents.
+
+    Raises:
+        ``error``: not UTF-8 (the byte is named), or unreadable; the message names ``path``.
+    """
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not a UTF-8 text file (byte {e.start} is not UTF-8)") from None
+    except OSError as e:
+        raise error(f"{path}: cannot read ({e.strerror or e})") from None
+
+
 def _os_error(error: BaseException) -> OSError | None:
     # torch.save reports a failed write of its zip writer as a RuntimeError caused by it.
     while error is not None and not isinstance(error, OSError):
@@ -60,13 +88,15 @@ def _os_error(error: BaseException) -> OSError | None:
     return error
 
 
-def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+def remove_stale_temporaries(folder: str | os.PathLike,
+                             targets: Collection[str] | None = None) -> list[Path]:
     """Delete the temporaries that :func:`atomic_write` / :func:`atomic_path` left in ``folder``
     when killed.
 
     Only pixelwise's own names (``.NAME.XXXXXXXX.tmp``, ``.STEM.XXXXXXXX.tmp.SUFFIX``)
-    directly in ``folder`` are touched. Call it when no write into ``folder`` is in
-    progress: at the start or resumption of a run.
+    directly in ``folder`` are touched, and with ``targets`` only those of these file names
+    (a process that shares the folder with others clears the temporaries of its own outputs).
+    Call it when no write of those files is in progress: at the start of a run.
 
     Returns:
         The removed paths (none when ``folder`` does not exist).
@@ -76,7 +106,10 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
         return []
     removed = []
     for entry in sorted(folder.iterdir()):
-        if _TEMPORARY.fullmatch(entry.name) and entry.is_file() and not entry.is_symlink():
+        found = _TEMPORARY.fullmatch(entry.name)
+        if found is None or (targets is not None and _target(found) not in targets):
+            continue
+        if entry.is_file() and not entry.is_symlink():
             entry.unlink(missing_ok=True)
             removed.append(entry)
     return removed
@@ -107,6 +140,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}",
                                dir=path.parent)
+    os.fchmod(fd, _file_mode())
     os.close(fd)
     try:
         yield Path(tmp)

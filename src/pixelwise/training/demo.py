@@ -8,10 +8,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..io.config import parse_config
 from ..data.synthetic import write_synthetic_dataset
+from ..io.config import parse_config
 from ..io.files import atomic_write_bytes, atomic_write_json
+from ..io.outputs import Recorder, check_output_folder, read_records, refuse_foreign
 from ..metrics import SUMMARY_METRICS
+
+# The demo's own files directly in its output folder (the rest goes into its sub-folders).
+DEMO_FILES = ("metrics.json", "checkpoint.pt")
 
 
 def demo_config(spec_path: Path, output: Path, epochs: int, seed: int) -> dict[str, Any]:
@@ -44,7 +48,11 @@ def run_demo(output: str | Path, epochs: int = 15, n_train: int = 160, n_val: in
     from .resume import best_checkpoint
     from .train import train
 
-    output = Path(output)
+    output = check_output_folder(output, "--output")
+    refuse_foreign(output, DEMO_FILES, read_records(output), overwrite=False, option="--output",
+                   overwrite_flag=None)
+    output.mkdir(parents=True, exist_ok=True)
+    Recorder(output).claim(DEMO_FILES)
     spec_path = write_synthetic_dataset(output / "data", n_train, n_val, size, seed)
     cfg = parse_config(demo_config(spec_path, output, epochs, seed), source="demo")
     run_dir = train(cfg)

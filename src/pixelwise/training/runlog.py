@@ -9,15 +9,20 @@ Run folder (``output.dir/output.name``)::
     metrics.csv           one row per epoch
     curves.png            loss and metric curves, drawn at the end
     tensorboard/          when the tensorboard package is importable
+    .lock                 held by the run writing here (pid, host, start time)
 
-Only rank 0 writes here.
+Only rank 0 writes here, and only while it holds the lock: a second run into the same folder
+stops at once and names the one that holds it.
 """
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import logging
-import shutil
+import os
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +30,7 @@ from ..io.config import RunConfig
 from ..errors import PixelwiseError
 from ..io.files import atomic_write_text, remove_stale_temporaries
 from ..metrics import SUMMARY_METRICS
-from .resume import last_checkpoint
+from .resume import best_checkpoint, last_checkpoint
 
 log = logging.getLogger("pixelwise.train")
 
@@ -33,8 +38,37 @@ CSV_FIELDS = ("epoch", "step", "lr", "train_loss", "val_loss", *SUMMARY_METRICS,
               "time_s", "images_per_s")
 
 
+def lock_run_dir(run_dir: Path):
+    """Take the run folder's exclusive lock for as long as the returned file stays open (the
+    kernel drops it when the process ends, however it ends).
+
+    Raises:
+        PixelwiseError: another run holds it; the message names its pid, host and start.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(run_dir / ".lock", "a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "a run that has not yet said who it is"
+        handle.close()
+        raise PixelwiseError(f"{run_dir}: run folder is in use by {holder}; wait for it to "
+                             f"end, or set output.name=... to train into another") from None
+    handle.seek(0)
+    handle.truncate()
+    started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n")
+    handle.flush()
+    return handle
+
+
 def prepare_run_dir(cfg: RunConfig, resume: bool) -> Path:
-    """Make ``checkpoints/``; refuse to start afresh over checkpoints unless told to.
+    """Make ``checkpoints/``; refuse to start afresh over checkpoints unless told to. Call it
+    holding the lock (:func:`lock_run_dir`).
+
+    ``output.overwrite`` deletes the checkpoints a run writes (``last.pt``, ``best.pt``)
+    and nothing else: other files in ``checkpoints/`` are the user's.
 
     Raises:
         PixelwiseError: the folder has checkpoints, and neither ``resume`` nor
@@ -45,7 +79,8 @@ def prepare_run_dir(cfg: RunConfig, resume: bool) -> Path:
         if not cfg.output.overwrite:
             raise PixelwiseError(f"{run_dir}: run folder already has checkpoints; pass --resume to "
                                  f"continue it, or set output.name=... or output.overwrite=true")
-        shutil.rmtree(run_dir / "checkpoints")
+        for own in (last_checkpoint(run_dir), best_checkpoint(run_dir)):
+            own.unlink(missing_ok=True)
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     # A run killed during a write leaves its temporary behind; nothing else writes here.
     for folder in (run_dir, run_dir / "checkpoints"):

@@ -183,9 +183,14 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
 
         tune_malloc()
     info = ddp.init_distributed(cfg.train.device)
+    lock = None
     try:
+        if info.is_main:  # held until the run ends: no second run writes into its folder
+            lock = runlog.lock_run_dir(cfg.run_dir)
         return _train(cfg, resume, info)
     finally:
+        if lock is not None:
+            lock.close()
         ddp.cleanup(info)
 
 
