@@ -125,15 +125,17 @@ def test_train_without_config_or_data_is_a_usage_error(tmp_path):
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", ["camvid", "drive"])
-def test_the_default_recipes_are_what_the_planner_plans(name):
-    # The recipes are the plans written out: a planned run on the shared data is the recipe.
+@pytest.mark.parametrize("recipe_name, name, pretrained", [
+    ("camvid", "camvid", "efficientnet_lite0"), ("drive", "drive", "efficientnet_lite0"),
+    ("camvid_scratch", "camvid", None), ("drive_scratch", "drive", None)])
+def test_the_default_recipes_are_what_the_planner_plans(recipe_name, name, pretrained):
+    # The recipes are the plans written out: a planned run on the shared data is the recipe,
+    # with the ImageNet weights on the machine and (*_scratch) without.
     root = shared_data(name)
-    recipe = load_config(REPO / "recipes" / f"{name}.yaml")
+    recipe = load_config(REPO / "recipes" / f"{recipe_name}.yaml")
     fp = fingerprint({"preset": name, "root": str(root)})
-    # the recipes are the plans on a machine with the ImageNet weights (the test extra)
     planned = load_config(raw=plan(fp, {"preset": name, "root": "../shared/data/" + name},
-                                   recipe.train.max_minutes, pretrained="efficientnet_lite0"))
+                                   recipe.train.max_minutes, pretrained=pretrained))
     for section in ("model", "augment", "optim", "loss"):
         assert getattr(planned, section) == getattr(recipe, section), section
     assert planned.data.model_dump() == recipe.data.model_dump()

@@ -117,7 +117,10 @@ def test_plan_with_weights_uses_the_pretrained_encoder_and_its_normalisation():
     raw = plan(scene(), {"preset": "camvid", "root": "/data"}, 15, pretrained=LITE0)
     assert raw["model"] == {"name": PRETRAINED_MODELS[LITE0], "kwargs": {"pretrained": True}}
     assert "mean" not in raw["data"]["spec"]  # the encoder's own, not the data's statistics
-    assert raw["optim"]["encoder_lr_factor"] > 0
+    assert raw["optim"]["lr"] == 2.0e-3 and raw["optim"]["encoder_lr_factor"] == 0.5  # scenes
+    binary = scene(num_classes=2, class_frequency=[0.9, 0.1], class_weights=[0.5, 5.0])
+    optim = plan(binary, {"root": "/d"}, 10, pretrained=LITE0)["optim"]
+    assert optim["lr"] == 2.0e-3 and optim["encoder_lr_factor"] == 1.0
     scratch = plan(scene(), {"preset": "camvid", "root": "/data"}, 15)
     assert scratch["model"]["name"] == "resnet34_unet_concat"
     assert scratch["data"]["spec"]["mean"] == [0.4] * 3
