@@ -61,7 +61,13 @@ def fold_conv_bn(conv: nn.Module, bn: nn.Module) -> None:
 def _pairs_from_fx(model: nn.Module) -> list[tuple[str, str]]:
     import torch.fx as fx
 
-    graph = fx.symbolic_trace(model).graph
+    class Tracer(fx.Tracer):
+        # Convolution subclasses (EfficientNet's TF "SAME" strided convs pad in forward)
+        # stay single calls, so the BatchNorm after them is seen to follow a convolution.
+        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+            return isinstance(m, _CONVS + _BNS) or super().is_leaf_module(m, qualname)
+
+    graph = Tracer().trace(model)
     modules = dict(model.named_modules())
     calls: dict[str, int] = {}
     for node in graph.nodes:
