@@ -93,7 +93,8 @@ def test_download_from_a_local_server_then_offline(no_wheels, monkeypatch, tmp_p
 
 
 def test_without_weights_one_line_error_naming_the_extra(no_wheels, monkeypatch):
-    monkeypatch.setitem(weights.URLS, LITE0, "http://127.0.0.1:9/tf_efficientnet_lite0-0aa007d2.pth")
+    port_9 = "http://127.0.0.1:9/tf_efficientnet_lite0-0aa007d2.pth"  # nothing listens there
+    monkeypatch.setitem(weights.URLS, LITE0, port_9)
     with pytest.raises(PixelwiseError, match=r'pip install "pixelwise\[pretrained\]"') as e:
         pixelwise.build_model("efficientnet_lite0_unet", pretrained=True)
     assert "\n" not in str(e.value)
@@ -184,7 +185,8 @@ def test_torchvision_encoders_carry_imagenet_normalisation(name, layout, tmp_pat
     if channels == 3:
         assert (mean, std) == (weights.IMAGENET_MEAN, weights.IMAGENET_STD)
     else:  # grey: the averages of the RGB statistics
-        assert mean == pytest.approx((0.449,), abs=1e-3) and std == pytest.approx((0.226,), abs=1e-3)
+        assert mean == pytest.approx((0.449,), abs=1e-3)
+        assert std == pytest.approx((0.226,), abs=1e-3)
     assert weights.pretrained_normalization(pixelwise.build_model(name, **kwargs), channels) is None
 
 

