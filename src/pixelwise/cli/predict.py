@@ -130,19 +130,12 @@ def command(inputs, files_from, shard, checkpoint, output, tile_size, overlap, t
             polygons, progress) -> None:
     """Predict class masks for images, videos, folders and glob patterns.
 
-    Writes per image NAME_mask.png (palette PNG of class indices, class names in a text
-    chunk), NAME_overlay.png, optionally NAME_probs.npy, and summary.json with class areas and
-    every input that could not be read. Large TIFF scenes become NAME_mask.tif (tiled,
-    georeferenced like the input). A video (.mp4, .avi, .mov, .mkv, .webm) becomes
-    NAME_overlay.mp4 (same frame count and rate), NAME_areas.csv (class pixels per frame)
-    and, with --mask-video, NAME_mask.mkv; it needs the `video` extra (PyAV). NAME is the
-    input's stem, plus 8 hex digits of its path's hash when another input has that stem
-    (d1/a.png -> a_3f2c9d01). Files in the output folder that pixelwise did not write (ground
-    truth beside the images, say) are never replaced without --overwrite.
-
-    Under torchrun each process predicts its share of the inputs on its own device, all into
-    the output folder; rank 0 writes summary.json. Without torchrun, --shard I/N predicts
-    one share (a scheduler's array task).
+    Writes per image NAME_mask.png (palette PNG of class indices), NAME_overlay.png,
+    optionally NAME_probs.npy, and summary.json (class areas, inputs that failed); large TIFF
+    scenes become NAME_mask.tif, videos NAME_overlay.mp4 and NAME_areas.csv (`video` extra).
+    NAME is the input's stem (+ 8 hex digits of its path's hash when stems collide). Files
+    that pixelwise did not write are never replaced without --overwrite. Under torchrun each
+    process predicts its share; --shard I/N predicts one share without it.
 
     \b
     Example:
@@ -191,11 +184,16 @@ def command(inputs, files_from, shard, checkpoint, output, tile_size, overlap, t
         bars.close()
         leave_group(group)
     summary = write_summary(predictor, results, out, summary_name) if group.rank == 0 else None
+    _write_polygons(polygons, summary, out, summary_name)
+    _report(group.rank, results, summary, out / summary_name)
+
+
+def _write_polygons(polygons: str, summary: dict | None, out: Path, summary_name: str) -> None:
+    """The predicted masks as LabelMe / COCO polygons (``--format``), by the summary's rank."""
     if summary is not None and polygons != "png":
         from ..data.annotations.export import write_predictions
 
         write_predictions(polygons, summary, out, summary_name.replace("summary", "coco"))
-    _report(group.rank, results, summary, out / summary_name)
 
 
 def _claim_polygon_files(jobs, polygons: str, out: Path, summary_name: str,

@@ -120,9 +120,17 @@ def evaluate(checkpoint: str | os.PathLike | Checkpoint, spec: Any, split: str =
     predict = _mask_predictor(ckpt, resolve_device(device), tile_size, overlap, threshold)
     cm, per_image, kept, worst = _score_split(dataset, predict, boundary_tolerance,
                                               num_examples, num_worst, progress)
-    binary = dataset.num_classes == 2
-    bf_scores = [e["boundary_f1"] for e in per_image]
-    hd_scores = [e["hausdorff95"] for e in per_image] if binary else []
+    result = _summary(ckpt, dataset, split, cm, per_image, boundary_tolerance)
+    if output is not None:
+        worst_sorted = sorted(((-neg, i, p) for neg, i, p in worst), key=lambda x: x[0])
+        _write_outputs(Path(output), result, ckpt, dataset, kept, worst_sorted, cm.mat.cpu())
+    return result
+
+
+def _summary(ckpt: Checkpoint, dataset, split: str, cm, per_image: list[dict[str, Any]],
+             tolerance: int) -> dict[str, Any]:
+    """The metrics dict of :func:`evaluate` from the split's confusion matrix and the
+    per-image scores."""
     mat = cm.mat.cpu()
     if int(mat.sum()) == 0:
         raise DataError(f"split {split!r} of dataset {dataset.spec.name!r}: no labelled pixel "
@@ -134,19 +142,18 @@ def evaluate(checkpoint: str | os.PathLike | Checkpoint, spec: Any, split: str =
         "checkpoint": str(ckpt.path) if ckpt.path else None,
         "dataset": dataset.spec.name, "split": split, "num_images": len(dataset),
         **{k: metrics[k] for k in SUMMARY_METRICS},
-        "boundary_f1": mean_defined(bf_scores), "boundary_tolerance": boundary_tolerance,
+        "boundary_f1": mean_defined([e["boundary_f1"] for e in per_image]),
+        "boundary_tolerance": tolerance,
     }
-    if binary:
-        finite = [h for h in hd_scores if h is not None and np.isfinite(h)]
+    if dataset.num_classes == 2:
+        finite = [e["hausdorff95"] for e in per_image
+                  if e["hausdorff95"] is not None and np.isfinite(e["hausdorff95"])]
         result["hausdorff95"] = mean_defined(finite)
     result["per_class"] = _per_class_table(metrics, dataset.class_names, mat)
     result["confusion_matrix"] = mat.tolist()
     # JSON has no inf/nan (an empty mask's Hausdorff distance): write null
     result["per_image"] = [{k: (None if isinstance(v, float) and not np.isfinite(v) else v)
                             for k, v in e.items()} for e in per_image]
-    if output is not None:
-        worst_sorted = sorted(((-neg, i, p) for neg, i, p in worst), key=lambda x: x[0])
-        _write_outputs(Path(output), result, ckpt, dataset, kept, worst_sorted, mat)
     return result
 
 
