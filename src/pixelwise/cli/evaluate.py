@@ -1,6 +1,8 @@
 """``pixelwise evaluate --checkpoint CKPT --data SPEC [--split NAME] --output DIR``."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from ..inference.forward import DEFAULT_THRESHOLD
@@ -9,7 +11,8 @@ from .options import DEVICE_HELP, FiniteFloatRange, parse_device
 
 @click.command(name="evaluate")
 @click.option("--checkpoint", "-c", required=True, type=click.Path(dir_okay=False),
-              help="Checkpoint (.pt) to evaluate.")
+              help="Checkpoint (.pt) or exported ONNX model (.onnx, int8 included) to "
+                   "evaluate.")
 @click.option("--data", "-d", "spec", default=None,
               help="Dataset spec: a YAML file or a preset name (with --root). Default: the "
                    "dataset named in the checkpoint's training config.")
@@ -55,6 +58,8 @@ def command(checkpoint: str, spec: str | None, root: str | None, split: str, out
     from ..io.outputs import check_output_folder
 
     check_output_folder(output, "--output")  # before the evaluation, not after it
+    if spec is None and Path(checkpoint).suffix.lower() == ".onnx":
+        raise click.UsageError("--data is needed: an ONNX model does not name its dataset")
     if spec is None:
         spec = ((read_checkpoint(checkpoint).get("config") or {}).get("data") or {}).get("spec")
         if spec is None:

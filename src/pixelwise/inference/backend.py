@@ -86,7 +86,8 @@ class OnnxRuntimeBackend:
         return torch.from_numpy(self.session.run(None, {name: x.detach().cpu().numpy()})[0])
 
 
-def _is_onnx(source: Source) -> bool:
+def is_onnx(source: Source) -> bool:
+    """Whether ``source`` is an exported model (ONNX bytes, or a path ending in ``.onnx``)."""
     return isinstance(source, bytes) or (
         isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() == ".onnx")
 
@@ -96,13 +97,13 @@ def backend_problem(source: Source, backend: str, fast: bool = False,
     """Why ``backend`` cannot run ``source`` with these options, in one line, or None."""
     if backend not in BACKENDS:
         return f"{backend!r} is not a backend; choose one of {', '.join(BACKENDS)}"
-    if backend == "torch" and _is_onnx(source):
+    if backend == "torch" and is_onnx(source):
         what = "the model bytes" if isinstance(source, bytes) else str(source)
         return f"{what} is an exported ONNX model: it runs on backend 'onnxruntime', not 'torch'"
     if backend == "onnxruntime" and (fast or compile):
         return ("fast and compile are options of the torch backend; ONNX Runtime "
                 "optimises its graph itself")
-    if backend == "onnxruntime" and not _is_onnx(source):
+    if backend == "onnxruntime" and not is_onnx(source):
         what = source.path if isinstance(source, Checkpoint) else source
         return (f"{what} is a checkpoint: backend 'onnxruntime' runs exported models (.onnx); "
                 f"export it first (pixelwise export)")

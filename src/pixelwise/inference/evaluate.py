@@ -13,12 +13,12 @@ from __future__ import annotations
 import heapq
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 import numpy as np
 import torch
 
-from ..io.checkpoint import Checkpoint, load_checkpoint
+from ..io.checkpoint import Checkpoint
 from ..errors import ConfigError, DataError
 from ..io.files import atomic_write_json, remove_stale_temporaries
 from ..metrics import SUMMARY_METRICS
@@ -27,30 +27,40 @@ from ..devices import resolve_device
 from .forward import DEFAULT_THRESHOLD
 
 
-def _mask_predictor(ckpt: Checkpoint, device: torch.device, tile_size: int | None,
-                    overlap: float, threshold: float) -> Callable[[np.ndarray], np.ndarray]:
+Source = Union[str, os.PathLike, Checkpoint, bytes]
+
+
+def _open_predictor(source: Source, device: torch.device, tile_size: int | None,
+                    overlap: float, threshold: float):
+    """The :class:`Predictor` of a checkpoint (PyTorch) or an exported model (ONNX Runtime:
+    an ``.onnx`` path or its bytes, int8 models included)."""
+    from .backend import is_onnx
+    from .predict import Predictor
+
+    return Predictor(source, backend="onnxruntime" if is_onnx(source) else "torch",
+                     tile_size=tile_size, overlap=overlap, threshold=threshold, device=device)
+
+
+def _mask_predictor(predictor) -> Callable[[np.ndarray], np.ndarray]:
     """``image (H, W, C) -> class mask (H, W) int64`` through :class:`Predictor`.
 
-    The predictor normalises with the checkpoint's statistics, mirrors the border of
+    The predictor normalises with the model's statistics, mirrors the border of
     valid-convolution U-Nets and tiles when ``tile_size`` is given, exactly as
     ``pixelwise predict`` does, so evaluation scores what users will get; whole images get
     the labels validation gives (``inference.forward``).
     """
-    from .predict import Predictor
-
-    predictor = Predictor(ckpt, tile_size=tile_size, overlap=overlap, threshold=threshold,
-                          device=device)
     return lambda image: predictor.predict(image).mask.astype(np.int64)
 
 
-def _check_classes(ckpt: Checkpoint, dataset) -> None:
-    if ckpt.num_classes != dataset.num_classes:
+def _check_classes(meta: dict[str, Any], name: str, dataset) -> None:
+    classes, channels = meta["class_names"], len(meta["mean"])
+    if len(classes) != dataset.num_classes:
         raise ConfigError(f"data: the dataset has {dataset.num_classes} classes "
-                          f"({', '.join(dataset.class_names)}) but checkpoint {ckpt.path} was "
-                          f"trained on {ckpt.num_classes} ({', '.join(ckpt.class_names)})")
-    if ckpt.in_channels != dataset.in_channels:
+                          f"({', '.join(dataset.class_names)}) but {name} was "
+                          f"trained on {len(classes)} ({', '.join(classes)})")
+    if channels != dataset.in_channels:
         raise ConfigError(f"data: the dataset has {dataset.in_channels}-channel images but "
-                          f"checkpoint {ckpt.path} expects {ckpt.in_channels}")
+                          f"{name} expects {channels}")
 
 
 def _image_iou(pred: np.ndarray, target: np.ndarray, num_classes: int,
@@ -80,7 +90,7 @@ def _run_folder_curves(ckpt_path: Path) -> Path | None:
     return None
 
 
-def evaluate(checkpoint: str | os.PathLike | Checkpoint, spec: Any, split: str = "val",
+def evaluate(checkpoint: Source, spec: Any, split: str = "val",
              output: str | os.PathLike | None = None, *, device: str = "auto",
              tile_size: int | None = None, overlap: float = 0.25,
              threshold: float = DEFAULT_THRESHOLD, boundary_tolerance: int = 2,
@@ -89,7 +99,8 @@ def evaluate(checkpoint: str | os.PathLike | Checkpoint, spec: Any, split: str =
     """Score a checkpoint on one split and (with ``output``) write metrics.json and report.html.
 
     Args:
-        checkpoint: checkpoint path or a loaded :class:`Checkpoint`.
+        checkpoint: checkpoint path or a loaded :class:`Checkpoint` (run on PyTorch), or an
+            exported ``.onnx`` file or its bytes (run on ONNX Runtime, int8 models included).
         spec: dataset spec (path, preset name, dict or ``DatasetSpec``).
         split: split name.
         output: folder for ``metrics.json``, ``report.html`` and the PNGs; None writes nothing.
@@ -109,25 +120,35 @@ def evaluate(checkpoint: str | os.PathLike | Checkpoint, spec: Any, split: str =
     """
     from ..data import SegmentationDataset
 
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    path = _source_path(checkpoint)
+    predictor = _open_predictor(checkpoint, resolve_device(device), tile_size, overlap,
+                                threshold)
     if output is not None:  # a folder that cannot take the outputs fails before the work
         _claim_outputs(Path(output), overwrite)
     dataset = SegmentationDataset(spec, split)
-    _check_classes(ckpt, dataset)
+    _check_classes(predictor.meta, str(path) if path else "the model", dataset)
     if len(dataset) == 0:  # every metric would be n/a: not a result
         raise DataError(f"split {split!r} of dataset {dataset.spec.name!r} has no images: "
                         f"nothing to evaluate")
-    predict = _mask_predictor(ckpt, resolve_device(device), tile_size, overlap, threshold)
+    predict = _mask_predictor(predictor)
     cm, per_image, kept, worst = _score_split(dataset, predict, boundary_tolerance,
                                               num_examples, num_worst, progress)
-    result = _summary(ckpt, dataset, split, cm, per_image, boundary_tolerance)
+    result = _summary(path, dataset, split, cm, per_image, boundary_tolerance)
     if output is not None:
         worst_sorted = sorted(((-neg, i, p) for neg, i, p in worst), key=lambda x: x[0])
-        _write_outputs(Path(output), result, ckpt, dataset, kept, worst_sorted, cm.mat.cpu())
+        _write_outputs(Path(output), result, predictor, path, dataset, kept, worst_sorted,
+                       cm.mat.cpu())
     return result
 
 
-def _summary(ckpt: Checkpoint, dataset, split: str, cm, per_image: list[dict[str, Any]],
+def _source_path(source: Source) -> Path | None:
+    """The file a model came from (None for bytes or a checkpoint built in memory)."""
+    if isinstance(source, Checkpoint):
+        return Path(source.path) if source.path else None
+    return None if isinstance(source, bytes) else Path(source)
+
+
+def _summary(path: Path | None, dataset, split: str, cm, per_image: list[dict[str, Any]],
              tolerance: int) -> dict[str, Any]:
     """The metrics dict of :func:`evaluate` from the split's confusion matrix and the
     per-image scores."""
@@ -139,7 +160,7 @@ def _summary(ckpt: Checkpoint, dataset, split: str, cm, per_image: list[dict[str
                         f"the files")
     metrics = cm.compute()
     result: dict[str, Any] = {
-        "checkpoint": str(ckpt.path) if ckpt.path else None,
+        "checkpoint": str(path) if path else None,
         "dataset": dataset.spec.name, "split": split, "num_images": len(dataset),
         **{k: metrics[k] for k in SUMMARY_METRICS},
         "boundary_f1": mean_defined([e["boundary_f1"] for e in per_image]),
@@ -208,14 +229,14 @@ def _claim_outputs(out: Path, overwrite: bool) -> None:
     Recorder(out).claim(OUTPUTS)
 
 
-def _write_outputs(out: Path, result: dict[str, Any], ckpt: Checkpoint, dataset,
+def _write_outputs(out: Path, result: dict[str, Any], predictor, path: Path | None, dataset,
                    kept: dict[int, np.ndarray], worst: list[tuple[float, int, np.ndarray]],
                    mat: torch.Tensor) -> None:
     from ..report import figures as report
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "metrics.json", result)
-    palette = list(ckpt.labels.palette)
+    palette = list(predictor.palette)
     figures = [
         ("Confusion matrix", report.plot_confusion_matrix(mat.numpy(), dataset.class_names,
                                                           out / "confusion_matrix.png")),
@@ -236,7 +257,7 @@ def _write_outputs(out: Path, result: dict[str, Any], ckpt: Checkpoint, dataset,
     if samples:
         figures.append(("Examples and worst cases (image / ground truth / prediction)",
                         report.plot_overlay_grid(samples, palette, out / "examples.png")))
-    curves = _run_folder_curves(Path(ckpt.path)) if ckpt.path else None
+    curves = _run_folder_curves(path) if path else None
     if curves is not None:
         png = report.plot_training_curves(curves, out / "training_curves.png")
         if png is not None:
@@ -247,6 +268,6 @@ def _write_outputs(out: Path, result: dict[str, Any], ckpt: Checkpoint, dataset,
              f"data: {result['dataset']} / {result['split']} ({result['num_images']} images)",
              f"boundary F1 tolerance: {result['boundary_tolerance']} px; classes absent from "
              "truth and prediction show n/a and are left out of the means"]
-    report.write_html_report(out / "report.html", f"Evaluation: {ckpt.model_name}", summary,
+    report.write_html_report(out / "report.html", f"Evaluation: {predictor.meta['model_name']}", summary,
                              result["per_class"], figures, notes,
                              legend=report.legend_html(dataset.class_names, palette))

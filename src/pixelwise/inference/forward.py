@@ -47,14 +47,23 @@ def whole_image_logits(model: LogitsFn, images: torch.Tensor,
     if not geometry.shrinks(net):
         return model(images)
     height, width = images.shape[-2:]
-    in_h = geometry.valid_input_size(net, height)
-    in_w = geometry.valid_input_size(net, width)
-    out_h, out_w = geometry.output_shape(net, in_h, in_w)
+    return model(whole_image_input(images, net))[..., :height, :width]
+
+
+def whole_image_input(images: torch.Tensor, shape_model: object) -> torch.Tensor:
+    """What :func:`whole_image_logits` feeds the model: ``images`` as they are for a padded
+    model; mirrored out to a valid input whose output covers them for a valid-convolution
+    U-Net (whose first ``H x W`` output pixels are then the images')."""
+    if not geometry.shrinks(shape_model):
+        return images
+    height, width = images.shape[-2:]
+    in_h = geometry.valid_input_size(shape_model, height)
+    in_w = geometry.valid_input_size(shape_model, width)
+    out_h, out_w = geometry.output_shape(shape_model, in_h, in_w)
     # Output pixel j sees input pixel j + margin: a margin of mirrored context before the
     # image puts image pixel j at output pixel j; the rest of the input is mirrored after it.
     top, left = (in_h - out_h) // 2, (in_w - out_w) // 2
-    padded = mirror_pad(images, top, in_h - height - top, left, in_w - width - left)
-    return model(padded)[..., :height, :width]
+    return mirror_pad(images, top, in_h - height - top, left, in_w - width - left)
 
 
 def probabilities(logits: torch.Tensor) -> torch.Tensor:
