@@ -14,6 +14,8 @@ model's mIoU (foreground Dice for two classes) against the fp32 graph's; a loss 
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import tempfile
 from dataclasses import dataclass
@@ -148,18 +150,31 @@ def quantize_model(fp32_model: bytes, inputs: Sequence[np.ndarray],
         fp32, prepared, quantized = (Path(tmp) / f"{n}.onnx" for n in ("fp32", "prep", "int8"))
         fp32.write_bytes(fp32_model)  # from a ModelProto, quant_pre_process loses the weights
         # Shape inference first, so that every tensor the quantizer meets has a known type.
-        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        with _named_failure("int8 quantization (shape inference)"):
+            quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
         prepared_proto = onnx.load(str(prepared))
-        quantize_static(
-            str(prepared), str(quantized), _Reader(proto.graph.input[0].name, inputs),
-            quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            nodes_to_exclude=fp32_nodes(prepared_proto, keep_fp32),
-            calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[calibration]),
-            extra_options={"CalibStridedMinMax": 1})
+        # The histogram calibrators report progress with print(); keep library output quiet.
+        with contextlib.redirect_stdout(io.StringIO()), _named_failure("int8 quantization"):
+            quantize_static(
+                str(prepared), str(quantized), _Reader(proto.graph.input[0].name, inputs),
+                quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                nodes_to_exclude=fp32_nodes(prepared_proto, keep_fp32),
+                calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[calibration]),
+                extra_options={"CalibStridedMinMax": 1})
         result = onnx.load(str(quantized))
     _copy_metadata(proto, result)
     return result.SerializeToString()
+
+
+@contextlib.contextmanager
+def _named_failure(what: str):
+    """ONNX Runtime's quantizer raises many types (assertions included): one line instead."""
+    try:
+        yield
+    except Exception as e:
+        raise PixelwiseError(f"{what} failed: {type(e).__name__}: "
+                             f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from e
 
 
 def _copy_metadata(source, target) -> None:

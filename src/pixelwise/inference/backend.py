@@ -77,7 +77,8 @@ class OnnxRuntimeBackend:
 
     def __init__(self, model: str | os.PathLike | bytes, threads: int | None = None):
         self.session = make_ort_session(model, threads=threads)
-        self.metadata = read_onnx_metadata(self.session)
+        self.metadata = read_onnx_metadata(
+            self.session, name="model bytes" if isinstance(model, bytes) else str(model))
         self.shape_model = meta_model(self.metadata["model_name"],
                                       self.metadata.get("model_kwargs", {}))
 
@@ -160,8 +161,10 @@ def make_ort_session(model: str | os.PathLike | bytes, threads: int | None = Non
         raise CheckpointError(f"{name}: ONNX Runtime cannot load it ({e})") from e
 
 
-def read_onnx_metadata(model: str | os.PathLike | Any) -> dict[str, Any]:
-    """The pixelwise metadata of an ``.onnx`` file or an ONNX Runtime session.
+def read_onnx_metadata(model: str | os.PathLike | Any,
+                       name: str = "ONNX session") -> dict[str, Any]:
+    """The pixelwise metadata of an ``.onnx`` file or an ONNX Runtime session (called
+    ``name`` in errors: the file it was opened from).
 
     Raises:
         CheckpointError: the file is missing or lacks pixelwise metadata.
@@ -176,4 +179,4 @@ def read_onnx_metadata(model: str | os.PathLike | Any) -> dict[str, Any]:
         props = {p.key: p.value for p in proto.metadata_props}
         return metadata_from_strings(props, str(path))
     props = dict(model.get_modelmeta().custom_metadata_map)
-    return metadata_from_strings(props, "ONNX session")
+    return metadata_from_strings(props, name)
