@@ -8,7 +8,9 @@ measured in the same run on a 2048 x 2048 matmul.
 
 Configurations: ``eager`` (plain model), ``fold_bn`` (BatchNorm folded into the convolutions),
 ``channels_last`` (folded + NHWC), ``compile`` (folded + NHWC + torch.compile with inductor and
-freezing) and ``ort`` (ONNX Runtime, all graph optimisations). ``smp`` is a peer, not a
+freezing), ``ort`` (ONNX Runtime, all graph optimisations) and ``ort_int8`` (the ONNX
+graph quantized to int8 for ONNX Runtime, random calibration: see ``int8.py``; with
+``--accuracy SPEC=CHECKPOINT`` the int8 export's accuracy on real data too). ``smp`` is a peer, not a
 pixelwise path: smp's ``Unet`` of the same network, eager, for the models in
 ``peers.SMP_UNETS`` (``efficientnet_lite0_unet``: ``Unet("tu-tf_efficientnet_lite0")``), run
 by the peers venv's python (smp does not import with pixelwise's torch). Without that venv
@@ -23,6 +25,9 @@ keeps freed activations instead of unmapping them (see PERF-NOTES.md).
     python benchmarks/inference.py                       # the full run, JSON to benchmarks/results/
     python benchmarks/inference.py --quick --models unet --configs eager,fold_bn,ort
     taskset -c 1 python benchmarks/inference.py --models efficientnet_lite0_unet --threads 1
+    python benchmarks/inference.py --models unet,resnet34_unet_concat,efficientnet_lite0_unet \
+        --configs eager,ort,ort_int8 --allocators default --threads 1 \
+        --accuracy camvid=runs/camvid/checkpoints/best.pt --data-root ../shared/data
 """
 from __future__ import annotations
 
@@ -40,15 +45,17 @@ from pathlib import Path
 
 import torch
 
+from int8 import accuracy_rows, int8_speedups, markdown, quantize_onnx_file
 from peers import SMP_UNETS, find_peers_python, smp_unet
 
 MODELS = {
     "unet": dict(in_channels=3, num_classes=2, base_channels=32, batch_norm=True),
     "resnet34_unet": dict(in_channels=3, num_classes=2),
+    "resnet34_unet_concat": dict(in_channels=3, num_classes=2),
     "fcn8s": dict(num_classes=21),
     "efficientnet_lite0_unet": dict(in_channels=3, num_classes=12),
 }
-CONFIGS = ("eager", "fold_bn", "channels_last", "compile", "ort", "smp")
+CONFIGS = ("eager", "fold_bn", "channels_last", "compile", "ort", "ort_int8", "smp")
 TUNED = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "4294967296",
          "MALLOC_TOP_PAD_": "1073741824"}
 ALLOCATORS = {"default": {}, "tuned": TUNED}
@@ -81,7 +88,7 @@ def memory_mb() -> dict:
 def build_runner(spec: dict):
     """A callable ``f(x: Tensor) -> Tensor`` for the spec's model and configuration."""
     config = spec["config"]
-    if config == "ort":
+    if config in ("ort", "ort_int8"):  # spec["onnx"]: the fp32 or the int8 graph
         import numpy as np
 
         from pixelwise.inference.backend import make_ort_session
@@ -229,6 +236,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peers-python", help="the peers venv's python, for the smp rows "
                         "(default $PIXELWISE_PEERS_PYTHON, else "
                         "/tmp/pixelwise-peers-venv/bin/python)")
+    parser.add_argument("--accuracy", action="append", default=[], metavar="SPEC=CHECKPOINT",
+                        help="int8 accuracy row: export CHECKPOINT to int8 calibrated on SPEC "
+                        "(a spec file, or a preset with --data-root) and score fp32 and int8 on "
+                        "its val split (repeatable)")
+    parser.add_argument("--data-root", help="with --accuracy: a preset SPEC's data is "
+                        "DATA_ROOT/SPEC")
+    parser.add_argument("--calibration", default="minmax",
+                        help="with --accuracy: minmax, entropy or percentile")
+    parser.add_argument("--calibration-images", type=int, default=32,
+                        help="with --accuracy: calibration images from the train split")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 64 x 64, 2 + 1 repetitions")
     parser.add_argument("--output", default=str(ROOT / "results" / "inference.json"))
@@ -264,11 +281,16 @@ def main(argv: list[str] | None = None) -> int:
                                            Path(tmp), smp_python)
     _add_speedups(report)
     report["smp_peer"] = smp_comparison(report["results"])
+    report["int8"] = int8_speedups(report["results"])
+    report["int8_accuracy"] = accuracy_rows(args.accuracy, args.data_root,
+                                            args.calibration_images, args.calibration)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".tmp").write_text(json.dumps(report, indent=2) + "\n")
     out.with_suffix(".tmp").replace(out)  # a stopped run leaves the previous file whole
     print(markdown_table(report))
+    if report["int8"] or report["int8_accuracy"]:
+        print("\n" + markdown(report["int8"], report["int8_accuracy"]))
     print(f"\nwrote {out}", file=sys.stderr)
     return 0
 
@@ -278,12 +300,16 @@ def run_model(model: str, configs: list[str], allocators: list[str], base: dict,
     """One row per (configuration, allocator) of ``model``, each from its own process."""
     kwargs = MODELS[model]
     flops = count_flops(model, kwargs, base["size"])
-    onnx_path = export_onnx_file(model, kwargs, tmp) if "ort" in configs else None
+    onnx_path = (export_onnx_file(model, kwargs, tmp)
+                 if {"ort", "ort_int8"} & set(configs) else None)
+    graphs = {"ort": onnx_path, "ort_int8": (quantize_onnx_file(onnx_path, base["size"])
+                                             if "ort_int8" in configs else None)}
     rows = []
     for config in configs:
         for allocator in allocators:
+            graph = graphs.get(config)
             spec = {**base, "model": model, "kwargs": kwargs, "config": config,
-                    "onnx": str(onnx_path) if onnx_path else None}
+                    "onnx": str(graph) if graph else None}
             result = run_subprocess(spec, allocator,
                                     python=smp_python if config == "smp" else sys.executable)
             row = {"model": model, "config": config, "allocator": allocator,
