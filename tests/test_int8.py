@@ -9,6 +9,8 @@ and handed to every export through ``pixelwise.export.onnx.onnx_bytes``.
 """
 from __future__ import annotations
 
+import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -120,9 +122,31 @@ def test_export_keeps_metadata_and_accuracy_and_runs_everywhere(cached_fp32, tmp
     # evaluate and predict take it like any .onnx; evaluate's figure is the parity's
     result = evaluate(out, spec, "val", None)
     assert 100 * result["per_class"][1]["dice"] == pytest.approx(parity.int8)
-    image = np.asarray(Image.open(Path(spec).parent / "val" / "0.png"))
-    mask = Predictor(out, backend="onnxruntime").predict(image).mask
-    assert mask.shape == (32, 32) and set(np.unique(mask)) <= {0, 1}
+    image_path = Path(spec).parent / "val" / "0.png"
+    predictor = Predictor(out, backend="onnxruntime")
+    mask = predictor.predict(np.asarray(Image.open(image_path))).mask
+    truth = np.asarray(Image.open(Path(spec).parent / "val" / "0_mask.png"))
+    assert mask.shape == (32, 32) and (mask == truth).mean() > 0.9
+    # the command line's predict (backend auto: ONNX Runtime for .onnx) and the server
+    from pixelwise.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "-c", str(out), str(image_path), "-o", str(tmp_path / "preds")])
+    assert exit_info.value.code == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "preds" / "0_mask.png")),
+                                  mask)
+    pytest.importorskip("fastapi")
+    with warnings.catch_warnings():  # Starlette prefers another HTTP client package
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+
+    from pixelwise.serve import create_app
+
+    with TestClient(create_app(predictor)) as client:
+        answer = client.post("/predict", files={"file": ("0.png", image_path.read_bytes(),
+                                                         "image/png")})
+    assert answer.status_code == 200
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(answer.content))), mask)
 
 
 def test_a_damaged_quantization_is_refused_unless_forced(cached_fp32, tmp_path, monkeypatch,
