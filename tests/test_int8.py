@@ -110,15 +110,14 @@ def test_export_keeps_metadata_and_accuracy_and_runs_everywhere(cached_fp32, tmp
     assert parity.fp32 > 85 and abs(parity.drop) < 1.0
     # metadata round trip: the int8 file carries the checkpoint's metadata
     assert read_onnx_metadata(out) == load_checkpoint(path).metadata()
-    # really int8: weights stored as int8, the first and last convolutions left in fp32
+    # really int8: weights stored as int8, the last convolution (int8.KEEP_FP32) left in fp32
     graph = onnx.load(str(out)).graph
-    int8_weights = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
-    assert len(int8_weights) >= 4
     produced = {o: n.op_type for n in graph.node for o in n.output}
     convs = [n for n in graph.node if n.op_type == "Conv"]
-    assert produced.get(convs[0].input[1]) is None  # an fp32 initializer, no DequantizeLinear
-    assert produced.get(convs[-1].input[1]) is None
-    assert produced.get(convs[1].input[1]) == "DequantizeLinear"
+    int8_weights = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert len(convs) == 11 and len(int8_weights) >= 10  # all but the last (+ up-convolutions)
+    assert produced.get(convs[-1].input[1]) is None  # an fp32 initializer, no DequantizeLinear
+    assert all(produced.get(c.input[1]) == "DequantizeLinear" for c in convs[:-1])
     # evaluate and predict take it like any .onnx; evaluate's figure is the parity's
     result = evaluate(out, spec, "val", None)
     assert 100 * result["per_class"][1]["dice"] == pytest.approx(parity.int8)
@@ -152,7 +151,7 @@ def test_export_keeps_metadata_and_accuracy_and_runs_everywhere(cached_fp32, tmp
 def test_a_damaged_quantization_is_refused_unless_forced(cached_fp32, tmp_path, monkeypatch,
                                                          capsys):
     """Calibrated on black images, every activation range collapses: the int8 model loses
-    about 13 points of Dice (measured 93.3 -> 79.8)."""
+    well over 5 points of Dice (the test reads the figure from the refusal)."""
     from pixelwise.cli import main
 
     path, spec, _ = cached_fp32

@@ -37,11 +37,14 @@ def command(tiling: bool, video: str | None, checkpoint: str | None, frames_per_
 
     Runs benchmarks/inference.py (or benchmarks/tiling.py with --tiling); further arguments
     go to the script (see its --help). Each configuration runs in its own process, with the
-    default and with a tuned glibc allocator. Results are written as JSON.
+    default and with a tuned glibc allocator. Results are written as JSON. The ort_int8
+    configuration is the ONNX graph quantized to int8 with random calibration (speed only);
+    --accuracy SPEC=CHECKPOINT adds fp32 against int8 on real data.
 
     \b
     Example:
       pixelwise bench --quick --models unet --configs eager,fold_bn,ort
+      pixelwise bench --models unet --configs eager,ort,ort_int8 --threads 1
       pixelwise bench --tiling --output benchmarks/results/tiling.json
       pixelwise bench --fps clip.mp4 -c best.pt --frames-per-batch 8
     """
