@@ -96,6 +96,17 @@ def test_calibration_images_are_spread_and_prepared_as_the_predictor_does(traine
     np.testing.assert_array_equal(inputs[1], want)
     with pytest.raises(ConfigError, match="at least 1 image, got 0"):
         int8.calibration_inputs(ckpt, dataset, 0)
+    # a valid-convolution U-Net is fed the mirrored border that prediction gives it
+    from pixelwise.io.checkpoint import Checkpoint
+    from pixelwise.models import geometry
+
+    kwargs = {**KWARGS, "padding": "valid"}
+    valid = Checkpoint(model=build_model("unet", **kwargs).eval(), model_name="unet",
+                       model_kwargs=kwargs, class_names=["background", "blob"],
+                       mean=(0.5,) * 3, std=(0.25,) * 3)
+    x = int8.calibration_inputs(valid, dataset, 1)[0]
+    assert x.shape[-1] > 32
+    assert geometry.output_shape(valid.model, *x.shape[-2:]) >= (32, 32)
 
 
 def test_export_keeps_metadata_and_accuracy_and_runs_everywhere(cached_fp32, tmp_path):

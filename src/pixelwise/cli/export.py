@@ -79,7 +79,7 @@ def command(checkpoint, fmt, output, opset, example_size, fold_bn, verify, int8,
         _check_example_size(ckpt, example_size)
     if int8:
         path = _export_int8(ckpt, output, spec, root, split, images, calibration, max_drop,
-                            force, opset)
+                            force, dict(opset=opset, example_size=example_size, fold_bn=fold_bn))
     elif fmt == "onnx":
         from ..export import TOLERANCE, export_onnx
 
@@ -106,7 +106,7 @@ def _check_int8_options(fmt: str, int8: bool, spec: str | None, root: str | None
 
 
 def _export_int8(ckpt, output, spec, root, split, images, calibration, max_drop, force,
-                 opset):
+                 graph: dict):
     from ..data import load_spec
     from ..export.int8 import export_int8
 
@@ -114,7 +114,7 @@ def _export_int8(ckpt, output, spec, root, split, images, calibration, max_drop,
         spec = load_spec(spec, root=root)
     path, parity = export_int8(ckpt, output, spec, split=split, images=images,
                                calibration=calibration, max_drop=max_drop, force=force,
-                               opset=opset, say=click.echo)
+                               say=click.echo, **graph)
     if parity.drop > max_drop:
         click.echo(f"warning: written with --force although it loses {parity.drop:.2f} "
                    f"points, over --max-drop {max_drop:g}", err=True)

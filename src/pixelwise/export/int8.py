@@ -5,7 +5,7 @@ per-channel int8 weights and uint8 activations (ONNX Runtime's choice for x86 CP
 activation ranges calibrated on N images of a split prepared exactly as
 :class:`~pixelwise.inference.predict.Predictor` prepares them (channels adapted, the
 checkpoint's normalisation, a valid-convolution U-Net's mirrored border). Some nodes stay in
-fp32 (:data:`KEEP_FP32`, measured: README "int8 CPU inference"). The pixelwise metadata is
+fp32 (:data:`KEEP_FP32`, measured: README "int8 on CPU"). The pixelwise metadata is
 copied into the quantized model, so predict, evaluate and serve take it like any ``.onnx``.
 
 Parity is scored the way ``pixelwise evaluate`` scores: on the spec's val split, the int8
@@ -231,6 +231,7 @@ def export_int8(checkpoint: str | os.PathLike | Checkpoint, path: str | os.PathL
                 calibration: str = DEFAULT_CALIBRATION, keep_fp32: Sequence[str] = KEEP_FP32,
                 max_drop: float = DEFAULT_MAX_DROP, force: bool = False,
                 val_split: str = "val", opset: int | None = None,
+                example_size: int | None = None, fold_bn: bool = True,
                 say: Callable[[str], None] = lambda line: None) -> tuple[Path, Parity]:
     """Export a checkpoint to an int8 ONNX model calibrated on ``spec``, parity checked.
 
@@ -246,7 +247,7 @@ def export_int8(checkpoint: str | os.PathLike | Checkpoint, path: str | os.PathL
             model may lose against the fp32 graph.
         force: write the model even when it loses more.
         val_split: the split parity is scored on.
-        opset: ONNX opset (default: the fp32 export's).
+        opset, example_size, fold_bn: as for the fp32 export (:func:`export_onnx`).
         say: receives one line per stage (the command line prints them).
 
     Returns:
@@ -256,17 +257,18 @@ def export_int8(checkpoint: str | os.PathLike | Checkpoint, path: str | os.PathL
         PixelwiseError: bad arguments or data (before any work), a failed export, or a loss
             over ``max_drop`` without ``force`` (then nothing is written).
     """
+    from ..io.checkpoint import load_checkpoint
     from ..io.files import atomic_write_bytes
-    from .onnx import DEFAULT_OPSET, _as_checkpoint, onnx_bytes, verify_onnx
+    from .onnx import DEFAULT_OPSET, onnx_bytes, verify_onnx
 
     if not max_drop >= 0:
         raise ConfigError(f"max_drop: must be a number of points >= 0, got {max_drop}")
-    ckpt = _as_checkpoint(checkpoint)
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     calibration_set = open_split(spec, split, "calibrate on")
     open_split(spec, val_split, "score parity on")
     inputs = calibration_inputs(ckpt, calibration_set, images)
     say(f"calibration: {len(inputs)} images of split {split!r}, {calibration}")
-    fp32 = onnx_bytes(ckpt, opset or DEFAULT_OPSET)
+    fp32 = onnx_bytes(ckpt, opset or DEFAULT_OPSET, example_size, fold_bn)
     verify_onnx(ckpt, fp32)
     int8 = quantize_model(fp32, inputs, calibration, keep_fp32)
     name, before, count = score(fp32, spec, val_split)
