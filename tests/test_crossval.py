@@ -17,6 +17,7 @@ from pixelwise.inference.postprocess import check_postprocessing
 from pixelwise.io.checkpoint import read_checkpoint
 from pixelwise.io.config import config_to_dict, load_config
 from pixelwise.training import crossval as X
+from pixelwise.training.postchoice import choose_on_split
 from pixelwise.training.train import train
 
 
@@ -142,5 +143,5 @@ def test_single_run_stores_the_choice_made_on_val(spec_path, tmp_path):
     assert set(spec["report"]) == {"1", "2", "3"}
     assert spec["report"]["1"]["name"] == "disc"
     # it is what choose_on_split computes from best.pt on val
-    again = X.choose_on_split(run / "checkpoints" / "best.pt", config(spec_path, tmp_path), "cpu")
+    again = choose_on_split(run / "checkpoints" / "best.pt", config(spec_path, tmp_path), "cpu")
     assert again == spec

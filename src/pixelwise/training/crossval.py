@@ -25,15 +25,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import numpy as np
 import torch
 import yaml
 
 from ..errors import ConfigError
 from ..io.config import RunConfig, config_to_dict, load_config
 from ..io.files import atomic_write_json, read_text
+from .postchoice import predicted_pairs
 from .resume import best_checkpoint
 from .setup import resolve_data_paths
 
@@ -190,35 +190,6 @@ def train_folds(f: Folding, resume: bool = False) -> dict[str, Any] | None:
 
 # ---------------------------------------------------------------------------------------------
 # Scoring: out-of-fold predictions and post-processing chosen on them
-
-def predicted_pairs(checkpoint, dataset, device: str | torch.device, threshold: float,
-                    cm=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """``(prediction, target)`` for each image of ``dataset``, one at a time, predicted as
-    ``pixelwise evaluate`` does (:class:`~pixelwise.inference.predict.Predictor` on whole
-    images with the checkpoint's normalisation, so validation's labels); each pair is also
-    added to the confusion matrix ``cm`` when given."""
-    from ..inference.predict import Predictor
-
-    predictor = Predictor(checkpoint, threshold=threshold, device=device)
-    for i in range(len(dataset)):
-        image, target = dataset.read_raw(i)
-        pred = predictor.predict(image).mask.astype(np.int64)
-        if cm is not None:
-            cm.update(torch.from_numpy(pred), torch.from_numpy(target))
-        yield pred, target
-
-
-def choose_on_split(checkpoint: Path, cfg: RunConfig, device: str | torch.device) -> dict:
-    """Post-processing chosen on ``cfg``'s validation split with ``checkpoint`` (one run's
-    best.pt): :func:`~pixelwise.inference.postprocess.choose_postprocessing`'s spec."""
-    from ..data import SegmentationDataset
-    from ..inference.postprocess import choose_postprocessing
-
-    dataset = SegmentationDataset(cfg.data.spec, cfg.data.val_split)
-    pairs = predicted_pairs(checkpoint, dataset, device, cfg.train.val_threshold)
-    return choose_postprocessing(pairs, dataset.num_classes, dataset.ignore_index,
-                                 dataset.class_names)
-
 
 def _metrics(mat: torch.Tensor) -> dict[str, Any]:
     from ..metrics import SUMMARY_METRICS

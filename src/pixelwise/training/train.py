@@ -329,7 +329,7 @@ def _choose_postprocessing(t: RunState, run_dir: Path) -> None:
     """
     from ..io.checkpoint import set_postprocess
     from ..inference.postprocess import describe_postprocessing
-    from .crossval import choose_on_split
+    from .postchoice import choose_on_split
 
     best = best_checkpoint(run_dir)
     start = time.monotonic()
