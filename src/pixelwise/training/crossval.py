@@ -23,6 +23,7 @@ A time budget (``train.max_minutes``) applies to each fold.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,15 +172,20 @@ def train_folds(f: Folding, resume: bool = False) -> dict[str, Any] | None:
     """
     from .train import train
 
-    f.run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(f.run_dir / "folds.json", _folds_record(f))
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 writes
+    if main:
+        f.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(f.run_dir / "folds.json", _folds_record(f))
     for i in range(f.k) if f.only is None else [f.only]:
         if resume and fold_finished(f, i):
             log.info("fold %d of %d has ended already: skipped", i, f.k)
             continue
         log.info("fold %d of %d", i, f.k)
         run = train(fold_config(f, i), resume=resume, choose_postprocess=False)
-        atomic_write_json(run / "fold.json", {"fold": i, **_folds_record(f)})
+        if main:
+            atomic_write_json(run / "fold.json", {"fold": i, **_folds_record(f)})
+    if not main:
+        return None
     missing = [i for i in range(f.k) if not fold_finished(f, i)]
     if missing:
         log.info("folds %s not trained yet: crossval.json once they are",
