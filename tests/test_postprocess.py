@@ -6,8 +6,8 @@ import torch
 import pixelwise
 from pixelwise.errors import CheckpointError
 from pixelwise.inference.postprocess import (apply_postprocessing, check_postprocessing,
-                                             choose_postprocessing, keep_largest_component,
-                                             remove_small_components)
+                                             choose_postprocessing, describe_postprocessing,
+                                             keep_largest_component, remove_small_components)
 from pixelwise.io.checkpoint import set_postprocess
 from pixelwise.metrics.confusion import ConfusionMatrix
 
@@ -81,6 +81,9 @@ def test_choose_keeps_only_ops_that_raise_dice():
     assert two["gain"] == pytest.approx(-1 / 3)
     assert spec["classes"] == {"1": {"op": "largest"}}
     check_postprocessing(spec, 3)
+    assert describe_postprocessing(spec) == [
+        "class 1 (polyp): largest component, Dice 0.9677 -> 1.0000",
+        "class 2 (cyst): nothing kept (best candidate -0.3333 Dice), Dice 1.0000"]
 
 
 def test_a_swarm_of_specks_does_not_pull_n_down_to_two():
