@@ -57,10 +57,10 @@ MAX_CROP = 256
 MIN_CROP = 64
 BATCH = 4
 WIDE_AFTER_MINUTES = 30
-BALANCED_CROP = 0.5
+BALANCED_CROP = 0.5  # share of crops placed on a class drawn uniformly (scenes)
 # last.pt once a minute: a plan's epochs on a small data set last seconds, and a checkpoint
 # per epoch cost ~5% of a 10-minute budget (DRIVE: 115 epochs of 4 steps).
-CHECKPOINT_MINUTES = 1.0  # share of crops placed on a class drawn uniformly (scenes)
+CHECKPOINT_MINUTES = 1.0
 MAX_IMAGES = 200  # images decoded for the fingerprint (the first, in path order)
 
 
