@@ -79,7 +79,7 @@ def int8_speedups(rows: list[dict]) -> list[dict]:
 
 def markdown(speedups: list[dict], accuracy: list[dict]) -> str:
     lines = ["| model | allocator | eager ms | fp32 ORT ms | int8 ORT ms | int8 vs fp32 ORT |",
-             "|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|"] if speedups else []
     for s in speedups:
         eager = "" if s["eager_b1_ms"] is None else f"{s['eager_b1_ms']:.1f}"
         lines.append(f"| {s['model']} | {s['allocator']} | {eager} | {s['ort_b1_ms']:.1f} | "
