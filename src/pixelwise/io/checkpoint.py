@@ -11,7 +11,8 @@ A checkpoint is a plain dict (loadable with ``torch.load(weights_only=True)``)::
       "config": {...} | None,                           # the resolved run config
       "state_dict": {...},
       "training": {...} | None,                         # optimizer, scheduler, RNG... (trainer)
-    }
+      "postprocess": {...} | None,   # chosen on validation (inference/postprocess.py); absent
+    }                                # in checkpoints older than it, read as None
 
 ``load_checkpoint(path)`` rebuilds the model from this alone.
 """
@@ -32,6 +33,7 @@ from ..errors import CheckpointError
 from .files import atomic_torch_save
 from ..data.labels import LabelSet
 from ..data.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from ..inference.postprocess import check_postprocessing
 from ..models.probe import meta_forward, meta_model, min_input_size
 from ..models.registry import build_model
 
@@ -54,6 +56,7 @@ class Checkpoint:
     config: dict[str, Any] | None = None
     training: dict[str, Any] | None = None
     path: Path | None = None
+    postprocess: dict[str, Any] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -124,7 +127,8 @@ def make_checkpoint(model: nn.Module, model_name: str, model_kwargs: dict[str, A
                     class_names: list[str], mean: tuple[float, ...], std: tuple[float, ...],
                     palette: list[tuple[int, int, int]] | None = None, ignore_index: int = 255,
                     config: dict[str, Any] | None = None,
-                    training: dict[str, Any] | None = None) -> dict[str, Any]:
+                    training: dict[str, Any] | None = None,
+                    postprocess: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build the checkpoint dict (see module docstring)."""
     if len(mean) != len(std):
         raise ValueError(f"mean and std differ in length: {len(mean)} vs {len(std)}")
@@ -144,6 +148,7 @@ def make_checkpoint(model: nn.Module, model_name: str, model_kwargs: dict[str, A
         "config": config,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "training": training,
+        "postprocess": postprocess,
     }
 
 
@@ -154,7 +159,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, model_name: str,
     """Write a self-describing checkpoint atomically (temporary file, fsync, rename).
 
     ``extra`` takes the optional fields of :func:`make_checkpoint` (palette, ignore_index,
-    config, training).
+    config, training, postprocess).
     """
     ckpt = make_checkpoint(model, model_name, model_kwargs, class_names, mean, std, **extra)
     return atomic_torch_save(ckpt, path)
@@ -226,6 +231,23 @@ def _check_fields(ckpt: dict, path: Path) -> None:
     for ok, message in problems:
         if not ok:
             raise CheckpointError(f"{path}: malformed checkpoint: {message}")
+    if ckpt.get("postprocess") is not None:
+        try:
+            check_postprocessing(ckpt["postprocess"], len(names))
+        except ValueError as e:
+            raise CheckpointError(f"{path}: malformed checkpoint: {e}") from None
+
+
+def set_postprocess(path: str | os.PathLike, spec: dict[str, Any] | None) -> Path:
+    """Store a post-processing spec (and its report) in an existing checkpoint, atomically.
+
+    Raises:
+        CheckpointError: the checkpoint is unreadable or the spec malformed.
+    """
+    ckpt = read_checkpoint(path)
+    ckpt["postprocess"] = spec
+    _check_fields(ckpt, Path(path))
+    return atomic_torch_save(ckpt, path)
 
 
 def _numbers(values: object) -> bool:
@@ -299,5 +321,5 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         mean=tuple(ckpt["normalization"]["mean"]), std=tuple(ckpt["normalization"]["std"]),
         palette=[tuple(c) for c in palette] if palette is not None else None,
         ignore_index=ckpt.get("ignore_index", 255), config=ckpt.get("config"),
-        training=ckpt.get("training"), path=Path(path),
+        training=ckpt.get("training"), path=Path(path), postprocess=ckpt.get("postprocess"),
     )
