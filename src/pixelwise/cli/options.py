@@ -49,7 +49,7 @@ CHECKPOINTS_HELP = ("Checkpoint (.pt) or exported ONNX model (.onnx); repeat for
 def checkpoints_option(help: str = CHECKPOINTS_HELP):
     """``-c/--checkpoint``, repeatable: the members of an ensemble (files or fold folders)."""
     return click.option("--checkpoint", "-c", "checkpoints", required=True, multiple=True,
-                        type=click.Path(), help=help)
+                        type=click.Path(exists=True), help=help)
 
 
 def postprocess_option():
