@@ -365,8 +365,8 @@ def predict_image_file(predictor: Predictor, path: Path, out: Path, stem: str,
         entry["probs"] = _save_probs(out / f"{stem}_probs.{suffix}", pred.probs,
                                      probs_format).name
     if pred.entropy is not None:
-        names = uncertainty_names(stem, ".png", pred.variance is not None)
-        for key, name, values in zip(("entropy", "variance"), names,
+        files = uncertainty_names(stem, ".png", pred.variance is not None)
+        for key, name, values in zip(("entropy", "variance"), files,
                                      (pred.entropy, pred.variance)):
             entry[key] = atomic_write_bytes(out / name, encode_png16(values)).name
     entry["classes"] = class_areas(class_pixels(pred.mask, len(names)), names)
