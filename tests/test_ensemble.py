@@ -269,3 +269,20 @@ def test_evaluate_reports_auroc_of_a_confident_ensemble(tmp_path):
     assert result["uncertainty"]["entropy"] == {"auroc": 0.5, "error_pixels": 120,
                                                 "correct_pixels": 360}
     assert result["uncertainty"]["variance"]["auroc"] == 0.5
+
+
+def test_onnx_members_average_like_checkpoints(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from pixelwise.export import export_onnx
+
+    a = _constant_net(tmp_path / "a.pt", [0.9, 0.1])
+    b = _constant_net(tmp_path / "b.pt", [0.3, 0.7])
+    files = [export_onnx(p, p.with_suffix(".onnx")) for p in (a, b)]
+    pred = Predictor(files, backend="onnxruntime", uncertainty=True).predict(_image())
+    np.testing.assert_allclose(pred.probs[:, 0, 0], [0.6, 0.4], atol=1e-6)
+    np.testing.assert_allclose(pred.variance, 0.36, atol=1e-6)
+    # on the command line, -c takes several .onnx files as well
+    Image.fromarray(_image()).save(tmp_path / "x.png")
+    _run("predict", "-c", files[0], "-c", files[1], tmp_path / "x.png", "-o", tmp_path / "out",
+         "--no-progress")
+    assert (np.asarray(Image.open(tmp_path / "out" / "x_mask.png")) == 0).all()
