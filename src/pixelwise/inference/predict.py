@@ -193,6 +193,10 @@ class Predictor:
         return self._average(x, squares=self.uncertainty and self.views > 1)
 
     def _average(self, x: torch.Tensor, squares: bool):
+        """The mean of every member's every view, member after member (each member's input
+        normalised for it; a member held one at a time is released after its views), and
+        with ``squares`` the mean ``||p||^2``: one full-size sum of each, never a map per
+        view."""
         total, norms = None, None
         for member in self.members:
             xm = renormalise(x, self.members[0], member)
