@@ -24,11 +24,6 @@ from .annotations import format_summary, is_annotation, sample_problems, split_p
 from .annotations import split_summary
 
 
-def _base_split(spec: DatasetSpec, split: str) -> str:
-    h = spec.holdout
-    return h.source if h is not None and split in (h.source, h.target) else split
-
-
 def _header_problems(spec: DatasetSpec, samples: list[Sample],
                      unreadable: set[Path] | None = None) -> tuple[list[str], set[Path]]:
     """Problems found from headers, and the images of the samples that have one.
@@ -75,7 +70,7 @@ def _header_problems(spec: DatasetSpec, samples: list[Sample],
 
 
 def _extra_masks(spec: DatasetSpec, split: str) -> list[str]:
-    base = _base_split(spec, split)
+    base = spec.base_split(split)
     pattern = mask_glob(spec, base)
     if pattern is None:
         return []
@@ -100,8 +95,8 @@ def _symlink_problems(spec: DatasetSpec, split: str) -> list[str]:
     import errno
     import glob
 
-    s = spec.splits[_base_split(spec, split)]
-    patterns = [mask_glob(spec, _base_split(spec, split))]
+    s = spec.splits[spec.base_split(split)]
+    patterns = [mask_glob(spec, spec.base_split(split))]
     if s.id_list is None:
         patterns.append(str(spec_path(spec.root, s.images)))
     problems = []
@@ -302,7 +297,7 @@ def check_dataset(spec: DatasetSpec | dict | str, splits: list[str] | None = Non
         return DataReport(name=spec.name, class_names=list(spec.class_names), splits={},
                           problems=[empty])
     for split in splits or spec.split_names:
-        base = spec.splits[_base_split(spec, split)] if split in spec.split_names else None
+        base = spec.splits[spec.base_split(split)] if split in spec.split_names else None
         if not splits and base is not None and base.optional and _absent(spec, base):
             # A preset's optional split (CamVid's test) that this copy does not have is not a
             # problem unless it was asked for by name.

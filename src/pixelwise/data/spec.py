@@ -38,6 +38,11 @@ Mask encodings (``mask.encoding``):
   (``"annotations/train.json"``); labels map to ``class_names`` by name; pixels no shape
   covers are class 0; LabelMe lines and points are ``line_width`` / ``point_size`` px.
 
+``holdout`` carves a seeded fraction of one split into a new one (DRIVE's ``val``);
+``folds: {from: train, k: 5, index: 2, seed: 0}`` keeps fold 2 of 5 seeded folds of ``train``
+as the new split ``fold_val`` (``to``) and the other four as ``train`` (``pixelwise train
+--folds`` writes it into each fold's config).
+
 An optional ``valid`` template per split names a region mask (non-zero = inside); pixels
 outside become ``ignore_index`` (DRIVE's field of view).
 
@@ -65,7 +70,7 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
                       model_validator)
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from .labels import LabelSet
 from .encoding import encode_mask  # noqa: F401  (re-exported: the spec's mask encoding)
 from .listing import Sample, resolve_split
@@ -144,6 +149,33 @@ class HoldoutSpec(BaseModel):
     seed: int = 0
 
 
+class FoldSpec(BaseModel):
+    """Fold ``index`` of ``k`` seeded folds of a split: ``from`` keeps the other ``k - 1``
+    folds, ``to`` (a new split) is the held-out fold (see :func:`fold_parts`)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
+
+    source: str = Field(default="train", alias="from")
+    target: str = Field(default="fold_val", alias="to")
+    k: int = Field(ge=2)
+    index: int = Field(ge=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _in_range(self) -> "FoldSpec":
+        if self.index >= self.k:
+            raise ValueError(f"folds.index {self.index} is outside 0..{self.k - 1}")
+        return self
+
+
+def fold_parts(n: int, k: int, seed: int) -> list[list[int]]:
+    """Indices ``0..n-1`` dealt into ``k`` disjoint folds that cover them: a permutation
+    seeded by ``seed``, cut into ``k`` runs whose sizes differ by at most one; each fold
+    sorted. The same ``(n, k, seed)`` always gives the same folds."""
+    order = np.random.default_rng(seed).permutation(n)
+    return [sorted(part.tolist()) for part in np.array_split(order, k)]
+
+
 class DatasetSpec(BaseModel):
     """A validated dataset description; build it with :func:`load_spec`.
 
@@ -166,6 +198,7 @@ class DatasetSpec(BaseModel):
     mask: MaskSpec = Field(default_factory=MaskSpec)
     splits: dict[str, SplitSpec]
     holdout: HoldoutSpec | None = None
+    folds: FoldSpec | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> "DatasetSpec":
@@ -202,6 +235,14 @@ class DatasetSpec(BaseModel):
                 raise ValueError(f"holdout.from {self.holdout.source!r} is not a split")
             if self.holdout.target in self.splits:
                 raise ValueError(f"holdout.to {self.holdout.target!r} is already a split")
+        f = self.folds
+        if f is not None:
+            if f.source not in self.splits:
+                raise ValueError(f"folds.from {f.source!r} is not a split")
+            if f.target in self.splits or (self.holdout and f.target == self.holdout.target):
+                raise ValueError(f"folds.to {f.target!r} is already a split")
+            if self.holdout is not None and self.holdout.source == f.source:
+                raise ValueError(f"holdout and folds both split {f.source!r}; drop the holdout")
         return self
 
     @property
@@ -218,14 +259,25 @@ class DatasetSpec(BaseModel):
         names = list(self.splits)
         if self.holdout is not None:
             names.append(self.holdout.target)
+        if self.folds is not None:
+            names.append(self.folds.target)
         return names
+
+    def base_split(self, split: str) -> str:
+        """The split of ``splits`` whose files ``split`` takes (itself, or the source of a
+        holdout or fold split)."""
+        for carve in (self.holdout, self.folds):
+            if carve is not None and split in (carve.source, carve.target):
+                return carve.source
+        return split
 
     def resolve(self, split: str) -> list[Sample]:
         """The samples of ``split``, sorted by image path (holdout splits seeded).
 
         Raises:
             ConfigError: unknown split or bad template.
-            DataError: no images found, a list file missing, or a name not matching ``id_from``.
+            DataError: no images found, a list file missing, a name not matching ``id_from``,
+                or fewer images than folds.
         """
         h = self.holdout
         if h is not None and split in (h.source, h.target):
@@ -234,6 +286,14 @@ class DatasetSpec(BaseModel):
             held = set(order[: max(1, round(h.fraction * len(samples)))].tolist())
             keep_held = split == h.target
             return [s for i, s in enumerate(samples) if (i in held) == keep_held]
+        f = self.folds
+        if f is not None and split in (f.source, f.target):
+            samples = resolve_split(self, f.source)
+            if len(samples) < f.k:
+                raise DataError(f"folds: split {f.source!r} has {len(samples)} image(s), "
+                                f"fewer than its {f.k} folds")
+            held = set(fold_parts(len(samples), f.k, f.seed)[f.index])
+            return [s for i, s in enumerate(samples) if (i in held) == (split == f.target)]
         if split not in self.splits:
             raise ConfigError(f"splits: no split {split!r} in spec {self.name!r} "
                               f"(have {', '.join(self.split_names)})")

@@ -248,3 +248,22 @@ def choose_postprocessing(pairs: Iterable[tuple[np.ndarray, np.ndarray]], num_cl
         if entry["chosen"] is not None:
             classes[str(c)] = entry["chosen"]
     return {"classes": classes, "report": report}
+
+
+def describe_postprocessing(spec: dict | None) -> list[str]:
+    """One line per class of a chosen spec's report: the op kept (or none) and Dice before
+    and after, e.g. ``class 1 (vessel): largest component kept, Dice 0.7012 -> 0.7105``."""
+    lines = []
+    for key, entry in ((spec or {}).get("report") or {}).items():
+        name = f"class {key}" + (f" ({entry['name']})" if entry.get("name") else "")
+        op, before, gain = entry["chosen"], entry["dice"], entry["gain"]
+        if before is None:
+            lines.append(f"{name}: absent from truth and prediction, nothing chosen")
+        elif op is None:
+            lines.append(f"{name}: nothing kept (best candidate {gain:+.4f} Dice), "
+                         f"Dice {before:.4f}")
+        else:
+            what = ("largest component" if op["op"] == "largest"
+                    else f"components under {op['min_size']} px removed")
+            lines.append(f"{name}: {what}, Dice {before:.4f} -> {before + gain:.4f}")
+    return lines

@@ -160,13 +160,16 @@ def validate(t: RunState) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # Entry point
 
-def train(cfg: RunConfig, resume: bool = False) -> Path:
+def train(cfg: RunConfig, resume: bool = False, choose_postprocess: bool = True) -> Path:
     """Train a model as ``cfg`` says and return the run folder.
 
     Args:
         cfg: the validated run config.
         resume: continue from ``<run folder>/checkpoints/last.pt`` if it exists (a fresh start
             otherwise).
+        choose_postprocess: at the end, choose post-processing on the validation split with
+            best.pt and store it there (:func:`_choose_postprocessing`). A K-fold run's folds
+            pass False: theirs is chosen on all out-of-fold predictions (crossval.json).
 
     Returns:
         The run folder (``cfg.output.dir / cfg.output.name``).
@@ -187,14 +190,14 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
     try:
         if info.is_main:  # held until the run ends: no second run writes into its folder
             lock = runlog.lock_run_dir(cfg.run_dir)
-        return _train(cfg, resume, info)
+        return _train(cfg, resume, info, choose_postprocess)
     finally:
         if lock is not None:
             lock.close()
         ddp.cleanup(info)
 
 
-def _train(cfg: RunConfig, resume: bool, info: ddp.DistInfo) -> Path:
+def _train(cfg: RunConfig, resume: bool, info: ddp.DistInfo, choose_postprocess: bool) -> Path:
     cfg = resolve_data_paths(cfg)
     run_dir = cfg.run_dir
     if info.is_main:
@@ -220,6 +223,8 @@ def _train(cfg: RunConfig, resume: bool, info: ddp.DistInfo) -> Path:
         if t.progress.budget_steps is not None:
             t.budget.set_total(t.progress.budget_steps)
     _fit(t, run_dir)
+    if info.is_main and choose_postprocess and t.val_loader is not None:
+        _choose_postprocessing(t, run_dir)
     ddp.barrier(info)
     return run_dir
 
@@ -312,3 +317,25 @@ def _finish(t: RunState, run_dir: Path) -> None:
     if not best.exists():  # no validation split: the final weights are the best we know
         atomic_write_bytes(best, last_checkpoint(run_dir).read_bytes())
     runlog.write_curves(t.progress.history, run_dir)
+
+
+def _choose_postprocessing(t: RunState, run_dir: Path) -> None:
+    """Choose post-processing on the validation split with best.pt and store it there.
+
+    It costs one more pass over the validation images (as one validation), after training
+    and outside ``train.max_minutes``: a budget plans training, and a run that stores no
+    choice would leave predict/evaluate/serve without one. Resuming a finished run chooses
+    again, with the same result.
+    """
+    from ..io.checkpoint import set_postprocess
+    from ..inference.postprocess import describe_postprocessing
+    from .postchoice import choose_on_split
+
+    best = best_checkpoint(run_dir)
+    start = time.monotonic()
+    spec = choose_on_split(best, t.cfg, t.device)
+    set_postprocess(best, spec)
+    log.info("post-processing chosen on %s (%.1f s), stored in %s:", t.cfg.data.val_split,
+             time.monotonic() - start, best)
+    for line in describe_postprocessing(spec):
+        log.info("  %s", line)
