@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from ..data.labels import LabelSet
 from ..errors import CheckpointError, ConfigError
 from ..io.checkpoint import Checkpoint
 from ..models import geometry
@@ -152,6 +153,14 @@ class Member:
                               progress=progress)
 
 
+def _labelling(member: Member) -> dict[str, Any]:
+    """What decides the meaning of a member's mask values."""
+    labels = LabelSet.from_metadata(member.meta)
+    return {"class names": list(labels.names),
+            "output": "one logit (sigmoid, threshold)" if labels.binary else "softmax",
+            "input channels": len(member.mean)}
+
+
 def check_members(members: Sequence[Member]) -> None:
     """Every member labels masks the same way as the first: same class names, same kind of
     output (one logit and a threshold, or a softmax), same input channels.
@@ -159,18 +168,14 @@ def check_members(members: Sequence[Member]) -> None:
     Raises:
         CheckpointError: one line naming the two files and what differs.
     """
-    first = members[0]
+    first, expected = members[0], _labelling(members[0])
     for other in members[1:]:
-        for what, value in (("class names", lambda m: list(m.meta["class_names"])),
-                            ("outputs (1: sigmoid and threshold, else softmax)",
-                             lambda m: int(m.meta.get("num_outputs",
-                                                      len(m.meta["class_names"])))),
-                            ("input channels", lambda m: len(m.meta["mean"]))):
-            if value(first) != value(other):
+        for what, value in _labelling(other).items():
+            if value != expected[what]:
                 raise CheckpointError(
-                    f"ensemble members disagree on {what}: {first.name} has {value(first)}, "
-                    f"{other.name} has {value(other)}; an ensemble averages models of the "
-                    f"same classes only")
+                    f"ensemble members disagree on {what}: {first.name} has {expected[what]}, "
+                    f"{other.name} has {value}; an ensemble averages models of the same "
+                    f"classes only")
 
 
 def renormalise(x: torch.Tensor, src: Member, dst: Member) -> torch.Tensor:
