@@ -279,6 +279,51 @@ def test_best_checkpoint_is_written_before_last(spec_path, tmp_path, monkeypatch
     assert written == [("last.pt", 1), ("last.pt", 2), ("best.pt", 3), ("last.pt", 3)]
 
 
+def test_checkpoint_every_minutes_skips_last_pt_until_due_or_the_end(spec_path, tmp_path,
+                                                                     monkeypatch):
+    # Epochs of a few steps: a write per epoch costs ~5% of a short budget. Within the
+    # interval only the run's end (here also its one validation, the best) writes.
+    written = []
+    real = R.atomic_torch_save
+
+    def record(obj, path):
+        written.append((Path(path).name, obj["training"]["progress"]["epoch"]))
+        return real(obj, path)
+
+    monkeypatch.setattr(R, "atomic_torch_save", record)
+    for every, expected in [
+            (60.0, [("best.pt", 3), ("last.pt", 3)]),
+            (None, [("last.pt", 1), ("last.pt", 2), ("best.pt", 3), ("last.pt", 3)])]:
+        written.clear()
+        cfg = load_config(raw=tiny_config(spec_path, tmp_path / str(every), train={
+            "epochs": 3, "steps_per_epoch": 1, "val_every": 10,
+            "checkpoint_every_minutes": every}))
+        T.train(cfg)
+        assert written == expected
+
+
+def test_training_samples_are_decoded_once_within_the_cache_budget(spec_path, monkeypatch):
+    from pixelwise.data import SegmentationDataset
+    from pixelwise.data import dataset as DS
+
+    reads = []
+    real = DS.load_sample
+    monkeypatch.setattr(DS, "load_sample", lambda spec, s: reads.append(s.image) or real(spec, s))
+    one = real(SegmentationDataset(spec_path, "train").spec,
+               SegmentationDataset(spec_path, "train")._samples[0])
+    size_mb = (one[0].nbytes + one[1].nbytes) / 2**20
+    for cache_mb, expected in [(0, 24), (1, 12)]:  # 12 images of 32 x 32: ~0.02 MiB each
+        reads.clear()
+        ds = SegmentationDataset(spec_path, "train", cache_mb=cache_mb)
+        for _ in range(2):
+            for i in range(len(ds)):
+                image, mask = ds[i]
+        assert len(reads) == expected and 12 * size_mb < 1
+    image, mask = ds.read_raw(0)
+    assert not image.flags.writeable and not mask.flags.writeable  # shared by every epoch
+    assert ds[0][1].numpy().flags.writeable  # the tensors handed out are copies
+
+
 def test_without_validation_best_is_the_last_checkpoint(spec_path, tmp_path):
     cfg = load_config(raw=tiny_config(spec_path, tmp_path, data={"val_split": None},
                                       train={"epochs": 1, "steps_per_epoch": 1}))

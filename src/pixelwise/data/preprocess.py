@@ -59,6 +59,12 @@ def scale_to_unit(image: np.ndarray) -> np.ndarray:
     return (img.astype(np.float32) - offset) / span
 
 
+def mask_tensor(mask: np.ndarray) -> torch.Tensor:
+    """``(H, W)`` class indices -> int64 tensor of its own (a cached mask is read-only)."""
+    mask = np.ascontiguousarray(mask, dtype=np.int64)
+    return torch.from_numpy(mask if mask.flags.writeable else mask.copy())
+
+
 def to_tensor(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """``(H, W[, C])`` image -> normalised ``(C, H, W)`` float32 tensor."""
     img = np.asarray(image)

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, S
 
 from ..io.config import RunConfig
 from ..errors import ConfigError
-from ..data.preprocess import to_tensor
+from ..data.preprocess import mask_tensor, to_tensor
 from . import distributed as ddp
 
 
@@ -97,7 +97,7 @@ class SeededDataset(Dataset):
                 else:
                     image, mask = self.transform(image, mask)
         return (to_tensor(image, self.dataset.mean, self.dataset.std),
-                torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64)))
+                mask_tensor(mask))
 
 
 def _accepts_rng(fn: Callable) -> bool:

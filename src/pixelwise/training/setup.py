@@ -54,7 +54,7 @@ def build_datasets(cfg: RunConfig):
     splits = [cfg.data.train_split] + ([cfg.data.val_split] if cfg.data.val_split else [])
     for split in splits:
         quick_check(spec, split)
-    train_ds = SegmentationDataset(spec, cfg.data.train_split)
+    train_ds = SegmentationDataset(spec, cfg.data.train_split, cache_mb=cfg.data.cache_mb)
     val_ds = SegmentationDataset(spec, cfg.data.val_split) if cfg.data.val_split else None
     if val_ds is not None and cfg.data.val_batch_size > 1:
         _check_val_batches(val_ds, cfg.data.val_batch_size)

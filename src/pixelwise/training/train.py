@@ -234,10 +234,18 @@ def _fit(t: RunState, run_dir: Path) -> None:
     cfg, info = t.cfg, t.dist
     writer = runlog.open_tensorboard(cfg, run_dir) if info.is_main else None
     epochs = max_epochs(cfg)
+    saved = time.monotonic()
     try:
         while (epochs is None or t.progress.epoch < epochs) and not t.progress.budget_spent:
             entry, stop = _epoch(t, epochs)
-            save_checkpoints(t, best=t.progress.best_epoch == entry["epoch"])
+            best = t.progress.best_epoch == entry["epoch"]
+            last = stop or t.progress.budget_spent or t.progress.epoch == epochs
+            # Rank 0's clock decides, so every rank checks the weights on the same epochs.
+            due = best or last or ddp.broadcast_flag(
+                _checkpoint_due(cfg.train.checkpoint_every_minutes, saved), info)
+            if due:
+                save_checkpoints(t, best=best)
+                saved = time.monotonic()
             if info.is_main:
                 runlog.log_epoch(entry, writer)
                 runlog.write_metrics_csv(run_dir / "metrics.csv", t.progress.history)
@@ -250,6 +258,10 @@ def _fit(t: RunState, run_dir: Path) -> None:
     finally:
         if writer is not None:
             writer.close()
+
+
+def _checkpoint_due(every_minutes: float | None, saved: float) -> bool:
+    return every_minutes is None or time.monotonic() - saved >= every_minutes * 60
 
 
 def _epoch(t: RunState, epochs: int | None) -> tuple[dict[str, Any], bool]:
