@@ -271,6 +271,7 @@ def test_evaluate_reports_auroc_of_a_confident_ensemble(tmp_path):
     assert result["uncertainty"]["variance"]["auroc"] == 0.5
 
 
+@pytest.mark.slow  # two ONNX exports: about 25 s here
 def test_onnx_members_average_like_checkpoints(tmp_path):
     pytest.importorskip("onnxruntime")
     from pixelwise.export import export_onnx
