@@ -46,10 +46,12 @@ CHECKPOINTS_HELP = ("Checkpoint (.pt) or exported ONNX model (.onnx); repeat for
                     "(probabilities averaged), or give a folder of folds (train --folds).")
 
 
-def checkpoints_option(help: str = CHECKPOINTS_HELP):
-    """``-c/--checkpoint``, repeatable: the members of an ensemble (files or fold folders)."""
+def checkpoints_option(help: str = CHECKPOINTS_HELP, exists: bool = False):
+    """``-c/--checkpoint``, repeatable: the members of an ensemble (files or fold folders).
+    A missing one is a usage error with ``exists``; otherwise a one-line error once the
+    command has checked its output folder (:func:`resolve_ensemble`)."""
     return click.option("--checkpoint", "-c", "checkpoints", required=True, multiple=True,
-                        type=click.Path(exists=True), help=help)
+                        type=click.Path(exists=exists), help=help)
 
 
 def postprocess_option():

@@ -12,7 +12,7 @@ from .options import (DEVICE_HELP, FiniteFloatRange, checkpoints_option, parse_d
 
 @click.command("serve")
 @checkpoints_option("Checkpoint to serve (.pt or .onnx); repeat for an ensemble, or give a "
-                    "folder of folds (train --folds).")
+                    "folder of folds (train --folds).", exists=True)
 @postprocess_option()
 @click.option("--uncertainty", is_flag=True,
               help="Also answer JSON requests with the entropy map (uncertainty_png), which "
