@@ -71,6 +71,22 @@ def test_spec_folds_split_train_into_train_and_fold_val(spec_path):
                    "folds": {"k": 2, "index": 0, "to": "other"}})
 
 
+def test_a_holdout_is_folded_back_in_and_the_budget_is_per_fold(spec_path, tmp_path):
+    base = yaml.safe_load(spec_path.read_text())
+    base.update(root=str(spec_path.parent), holdout={"from": "train", "to": "held",
+                                                      "fraction": 0.5})
+    cfg = config(spec_path, tmp_path).model_copy(deep=True)
+    cfg.data.spec, cfg.data.val_split, cfg.train.max_minutes = base, "held", 1.5
+    folding = X.plan_folds(cfg, 3)
+    assert (folding.split, folding.num_images) == ("train", 6)  # all 6, not the 3 left
+    assert folding.spec_ref["holdout"] is None
+    text = folding.describe()
+    assert "3 folds of split 'train' (6 images" in text and "'held' is folded back in" in text
+    assert "time budget: 1.5 min per fold (3 folds: about 4.5 min of training in all)" in text
+    spec = load_spec(X.fold_config(folding, 0).data.spec)
+    assert len(spec.resolve("train")) == 4 and len(spec.resolve("fold_val")) == 2
+
+
 # --- runs -----------------------------------------------------------------------------------
 
 def test_three_fold_run_writes_crossval_json(spec_path, tmp_path):

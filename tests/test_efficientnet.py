@@ -140,3 +140,37 @@ def test_converter_names_missing_and_unused_keys():
     with pytest.raises(ValueError, match="shape"):  # lite1 and lite2: same blocks, other widths
         efficientnet_lite_state_dict_for_encoder(
             wheel_state("lite2"), "lite1")
+
+
+def test_same_padding_keeps_channels_last_in_both_directions():
+    """The CPU fast path trains channels_last: an NCHW gradient out of the padding sends the
+    BatchNorm and ReLU6 before it down their slow mixed-layout kernels (3.3x slower blocks)."""
+    conv = SameConv2d(4, 4, 3, groups=4).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 4, 24, 25).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    received = []  # the gradient as the layer before receives it (x.grad would be a copy)
+    x.register_hook(lambda g: received.append(g.is_contiguous(memory_format=torch.channels_last)))
+    y = conv(x)
+    y.sum().backward()
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert received == [True]
+
+
+def test_input_scale_runs_the_network_on_the_upsampled_input_and_pools_the_logits():
+    """input_scale=2 is, by definition, the same weights on the input upsampled 2x
+    (bilinear), the logits averaged over each input pixel's 2 x 2 sub-pixels."""
+    torch.manual_seed(0)
+    scaled = pixelwise.build_model("efficientnet_lite0_unet", num_classes=3,
+                                   input_scale=2).eval()
+    plain = pixelwise.build_model("efficientnet_lite0_unet", num_classes=3).eval()
+    plain.load_state_dict(scaled.state_dict())
+    x = torch.randn(1, 3, 37, 50)
+    with torch.no_grad():
+        up = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        want = F.avg_pool2d(plain(up), 2)
+        got = scaled(x)
+    assert got.shape == (1, 3, 37, 50)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert scaled.total_stride == 16 and plain.total_stride == 32
+    with pytest.raises(ValueError, match="input_scale"):
+        pixelwise.build_model("efficientnet_lite0_unet", input_scale=0)

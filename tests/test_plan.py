@@ -12,7 +12,8 @@ from PIL import Image
 
 from pixelwise.cli import cli
 from pixelwise.io.config import load_config
-from pixelwise.training.plan import Fingerprint, fingerprint, plan, sqrt_weights
+from pixelwise.training.plan import (Fingerprint, fingerprint, near_background, plan,
+                                     sqrt_weights)
 
 from common import shared_data
 
@@ -50,6 +51,20 @@ def test_fingerprint_of_known_data(tmp_path):
     assert fp.class_weights == pytest.approx([0.5, 1.0, 1.0])
     assert fp.mean == pytest.approx([0.2, 0.4, 0.6], abs=1e-6)
     assert fp.std == pytest.approx([0.0, 0.0, 0.0], abs=1e-6)
+    # the foreground is the bottom half, 20 x 64 at the image's edge: its top two rows are
+    # within 2 px of the background (the image border is not background)
+    assert fp.thin_share == pytest.approx(2 / 20)
+
+
+def test_near_background_counts_pixels_within_two_px_of_it():
+    line = np.zeros((9, 30), np.int64)
+    line[4, 3:27] = 1  # a vessel one pixel wide: all of it
+    assert near_background(line, 255) == (24, 24)
+    square = np.zeros((41, 41), np.int64)
+    square[10:31, 10:31] = 1  # 21 x 21: a 2 px ring of 21^2 - 17^2 = 152 pixels
+    assert near_background(square, 255) == (441, 152)
+    square[10:31, 8:10] = 255  # ignored pixels are not foreground: the ring stays
+    assert near_background(square, 255) == (441, 152)
 
 
 def scene(**kw) -> Fingerprint:
@@ -91,6 +106,22 @@ def test_binary_plan_unet_dice_ce_all_flips_and_crop_from_size():
     assert raw["model"]["name"] == "unet" and raw["model"]["kwargs"]["depth"] == 2
     assert raw["loss"]["name"] == "ce"
     assert plan(scene(median_size=(40, 50)), {}, 1)["data"]["crop_size"] == 64
+
+
+def test_pretrained_plan_runs_thin_structures_at_twice_the_resolution_on_half_crops():
+    vessels = scene(num_classes=2, median_size=(584, 565), class_frequency=[0.91, 0.09],
+                    class_weights=[0.55, 5.6], foreground_fraction=0.09, thin_share=0.79)
+    raw = plan(vessels, {}, minutes=10, pretrained="efficientnet_lite0")
+    assert raw["model"]["kwargs"] == {"pretrained": True, "input_scale": 2}
+    assert raw["data"]["crop_size"] == 128
+    assert raw["augment"] == {"hflip": 0.5, "vflip": 0.5, "rotate90": True, "balanced_crop": 1.0}
+    assert raw["loss"] == {"name": "dice_ce", "kwargs": {"mode": "multiclass", "dice_weight": 0.5}}
+    blobs = plan(scene(num_classes=2, thin_share=0.2), {}, 10, pretrained="efficientnet_lite0")
+    assert blobs["model"]["kwargs"] == {"pretrained": True} and blobs["data"]["crop_size"] == 256
+    assert "balanced_crop" not in blobs["augment"] and blobs["loss"]["kwargs"] == {"mode": "multiclass"}
+    # scenes are never "thin", whatever their classes' shapes
+    assert "input_scale" not in plan(scene(thin_share=0.9), {}, 10,
+                                     pretrained="efficientnet_lite0")["model"]["kwargs"]
 
 
 def test_sqrt_weights_keep_unseen_classes_at_zero():

@@ -6,8 +6,8 @@ import torch
 import pixelwise
 from pixelwise.errors import CheckpointError
 from pixelwise.inference.postprocess import (apply_postprocessing, check_postprocessing,
-                                             choose_postprocessing, keep_largest_component,
-                                             remove_small_components)
+                                             choose_postprocessing, describe_postprocessing,
+                                             keep_largest_component, remove_small_components)
 from pixelwise.io.checkpoint import set_postprocess
 from pixelwise.metrics.confusion import ConfusionMatrix
 
@@ -70,15 +70,33 @@ def test_choose_keeps_only_ops_that_raise_dice():
     one, two = spec["report"]["1"], spec["report"]["2"]
     # class 1: TP 15, P 15 + the speck counted, T 15: before 30/31, after 30/30
     assert one["name"] == "polyp" and one["dice"] == pytest.approx(30 / 31)
-    assert one["largest"] == pytest.approx(1.0) and one["min_size"] == {"2": pytest.approx(1.0)}
-    assert one["chosen"] == {"op": "largest"}  # tie with min_size 2: the gentlest first
+    # sizes 1 and 16 (the ignored pixel counts in a size): N = 16 removes the speck
+    assert one["largest"] == pytest.approx(1.0) and one["min_size"] == {"16": pytest.approx(1.0)}
+    assert one["chosen"] == {"op": "largest"}  # tie with min_size 16: "largest" first
     assert one["gain"] == pytest.approx(1 / 31)
-    # class 2: perfect already; largest drops one blob (18/27), N = 10 drops both (0)
+    # class 2: perfect already; largest drops one blob (18/27); two equal blobs give no N
+    # that removes anything
     assert two["dice"] == 1.0 and two["largest"] == pytest.approx(2 / 3)
-    assert two["min_size"] == {"10": 0.0} and two["chosen"] is None
+    assert two["min_size"] == {} and two["chosen"] is None
     assert two["gain"] == pytest.approx(-1 / 3)
     assert spec["classes"] == {"1": {"op": "largest"}}
     check_postprocessing(spec, 3)
+    assert describe_postprocessing(spec) == [
+        "class 1 (polyp): largest component, Dice 0.9677 -> 1.0000",
+        "class 2 (cyst): nothing kept (best candidate -0.3333 Dice), Dice 1.0000"]
+
+
+def test_a_swarm_of_specks_does_not_pull_n_down_to_two():
+    target = blobs((100, 100), (0, 20, 0, 25), (40, 65, 0, 40))  # 500 and 1000 px
+    pred = target.copy()
+    pred[80:100:2, 50:70:2] = 1  # 100 one-pixel specks, 6% of the predicted pixels
+    rep = choose_postprocessing([(pred, target)], num_classes=2)["report"]["1"]
+    # 1, 2 and 5% of the pixels are specks only (N = 1 removes nothing); 10 and 20% reach
+    # the 500-px blob: N = 500 removes the specks and keeps both blobs
+    assert rep["min_size"] == {"500": 1.0}
+    assert rep["largest"] == pytest.approx(2000 / 2500)  # the 500-px blob is lost
+    assert rep["dice"] == pytest.approx(3000 / 3100)
+    assert rep["chosen"] == {"op": "min_size", "min_size": 500}
 
 
 def test_chosen_dice_matches_the_confusion_matrix_after_applying():

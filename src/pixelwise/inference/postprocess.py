@@ -36,10 +36,11 @@ from scipy import ndimage
 # Full connectivity (see the module docstring).
 STRUCTURE = ndimage.generate_binary_structure(2, 2)
 OPS = ("largest", "min_size")
-# min_size candidates: N = (q-quantile of the predicted component sizes) + 1, so each
-# candidate removes every component no larger than that quantile (specks of one size
-# included: N = size + 1), from a light touch (10% of the components) to a heavy one (90%).
-SIZE_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+# min_size candidates, from the sizes of the class's predicted components: for each fraction
+# p, the N that removes the smallest components holding together at most p of the predicted
+# pixels. Weighting by pixels rather than counting components keeps a swarm of one-pixel
+# specks from pulling every candidate down to N = 2.
+PIXEL_FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2)
 # A gain must exceed float noise to count as "raises Dice".
 MIN_GAIN = 1e-9
 
@@ -177,12 +178,15 @@ class _ClassStats:
                          int(np.concatenate(self.hit)[drop].sum()))
 
     def size_candidates(self) -> list[int]:
-        """N candidates from the predicted component sizes (see SIZE_QUANTILES)."""
-        sizes = np.concatenate(self.size) if self.size else np.zeros(0, dtype=np.int64)
+        """N candidates from the predicted component sizes (see PIXEL_FRACTIONS): N is the
+        size of the first component (smallest first) past the fraction, so ``size < N``
+        removes the ones before it; an N that would remove nothing is left out."""
+        sizes = np.sort(np.concatenate(self.size)) if self.size else np.zeros(0, np.int64)
         if sizes.size == 0:
             return []
-        found = {int(np.quantile(sizes, q, method="lower")) + 1 for q in SIZE_QUANTILES}
-        return sorted(found)
+        share = np.cumsum(sizes) / sizes.sum()
+        ends = np.searchsorted(share, PIXEL_FRACTIONS, side="right")
+        return sorted({int(sizes[j]) for j in ends if j < sizes.size and sizes[j] > sizes[0]})
 
 
 def _choose_for_class(stats: _ClassStats) -> dict[str, Any]:
@@ -224,8 +228,9 @@ def choose_postprocessing(pairs: Iterable[tuple[np.ndarray, np.ndarray]], num_cl
         "largest": dice, "min_size": {"<N>": dice}, "chosen": op | None, "gain": d}}}``.
         ``gain`` is the best candidate's Dice minus ``dice`` (<= 0 when nothing is chosen;
         None for a class absent from truth and prediction, whose Dice is 0/0).
-        Candidates: "largest", and "min_size" N = q-quantile + 1 of that class's predicted
-        component sizes for q in SIZE_QUANTILES. An op is chosen only if it strictly raises
+        Candidates: "largest", and "min_size" with the N that remove the smallest predicted
+        components of the class holding up to 1, 2, 5, 10 or 20% of its predicted pixels
+        (PIXEL_FRACTIONS). An op is chosen only if it strictly raises
         Dice, so an empty ``classes`` means "leave the predictions alone".
     """
     top = max(int(num_classes), 2)

@@ -141,7 +141,12 @@ def _check_earlier_folding(f: Folding) -> None:
 
     path = f.run_dir / "folds.json"
     if path.is_file():
-        earlier = json.loads(read_text(path, ConfigError))
+        try:
+            earlier = json.loads(read_text(path, ConfigError))
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not valid JSON ({e}); delete it to fold anew") from None
+        if not isinstance(earlier, dict):
+            raise ConfigError(f"{path}: not a folds record; delete it to fold anew")
         if earlier != _folds_record(f):
             raise ConfigError(f"{path}: this run folder holds {earlier.get('folds')} folds of "
                               f"{earlier.get('split')!r} (seed {earlier.get('seed')}), not "
