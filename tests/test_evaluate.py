@@ -145,11 +145,14 @@ def test_binary_model_on_two_class_data(tmp_path, monkeypatch):
     assert (tmp_path / "out" / "report.html").is_file()
 
     # an empty prediction has no surface: its distance is infinite, written as null
-    import pixelwise.inference.evaluate as ev
+    from pixelwise.inference.predict import Prediction, Predictor
+
+    def predicting(labels):  # the Predictor's masks replaced by ``labels``
+        monkeypatch.setattr(Predictor, "predict",
+                            lambda self, image: Prediction(mask=labels, probs=np.empty(0)))
 
     truth = (mask > 0).astype(np.int64)
-    monkeypatch.setattr(ev, "_mask_predictor",
-                        lambda *a, **k: (lambda image: np.zeros_like(truth)))
+    predicting(np.zeros_like(truth))
     result = evaluate(ckpt, spec, "val", tmp_path / "empty")
     assert result["per_image"][0]["hausdorff95"] is None and result["hausdorff95"] is None
     assert json.loads((tmp_path / "empty" / "metrics.json").read_text())["hausdorff95"] is None
@@ -164,7 +167,7 @@ def test_binary_model_on_two_class_data(tmp_path, monkeypatch):
     # 1 px 16 of 28 do each way: precision = recall = 4/7, F1 = 4/7.
     shifted = np.zeros((16, 16), np.int64)
     shifted[4:12, 6:14] = 1
-    monkeypatch.setattr(ev, "_mask_predictor", lambda *a, **k: (lambda image: shifted))
+    predicting(shifted)
     result = evaluate(ckpt, spec, "val", None)
     assert result["per_class"][1]["iou"] == pytest.approx(48 / 80)
     assert result["hausdorff95"] == pytest.approx(2.0)

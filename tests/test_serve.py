@@ -613,6 +613,20 @@ def test_real_checkpoint_end_to_end(tiny_checkpoint):
             expected.ravel(), minlength=3).tolist()
 
 
+def test_uncertainty_layer_of_an_ensemble(tiny_checkpoint):
+    from pixelwise.inference.uncertainty import to_uint16
+
+    predictor = Predictor([tiny_checkpoint, tiny_checkpoint], uncertainty=True)
+    image = np.random.default_rng(3).integers(0, 255, (20, 28, 3), dtype=np.uint8)
+    expected = predictor.predict(image).entropy
+    with TestClient(create_app(predictor)) as c:
+        assert c.get("/model").json()["uncertainty"] is True
+        body = post_file(c, png_bytes(image), params={"format": "json"}).json()
+    layer = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["uncertainty_png"]))))
+    np.testing.assert_array_equal(layer, to_uint16(expected))
+    assert layer.max() > 0  # an untrained model is unsure somewhere
+
+
 def test_image_smaller_than_the_model_takes_is_padded(tiny_checkpoint):
     # The depth-2 U-Net pools twice: a side under 4 px used to crash inside the model (500),
     # then was refused (422); it is now mirrored out to 4 px and the mask cropped back.

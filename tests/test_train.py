@@ -261,18 +261,24 @@ def test_loaders_leave_the_global_torch_rng_alone(spec_path, tmp_path):
         assert torch.equal(before, torch.get_rng_state())
 
 
-def test_best_checkpoint_is_written_before_last(spec_path, tmp_path, monkeypatch):
-    # Killed between the two writes, a run must not resume past an epoch whose best.pt is
-    # missing: best.pt goes first, so last.pt never runs ahead of it. Mid-epoch saves go
-    # through the same writer: after steps 1 and 2 of 3 (the epoch's end saves step 3).
+def recorded_saves(monkeypatch, key: str) -> list[tuple[str, int]]:
+    """Checkpoint writes from now on, as (file name, its progress[key]), in order."""
     written = []
     real = R.atomic_torch_save
 
     def record(obj, path):
-        written.append((Path(path).name, obj["training"]["progress"]["step"]))
+        written.append((Path(path).name, obj["training"]["progress"][key]))
         return real(obj, path)
 
     monkeypatch.setattr(R, "atomic_torch_save", record)
+    return written
+
+
+def test_best_checkpoint_is_written_before_last(spec_path, tmp_path, monkeypatch):
+    # Killed between the two writes, a run must not resume past an epoch whose best.pt is
+    # missing: best.pt goes first, so last.pt never runs ahead of it. Mid-epoch saves go
+    # through the same writer: after steps 1 and 2 of 3 (the epoch's end saves step 3).
+    written = recorded_saves(monkeypatch, "step")
     cfg = load_config(raw=tiny_config(spec_path, tmp_path, train={
         "epochs": 1, "steps_per_epoch": 3, "checkpoint_every_steps": 1}))
     T.train(cfg)
@@ -283,14 +289,7 @@ def test_checkpoint_every_minutes_skips_last_pt_until_due_or_the_end(spec_path, 
                                                                      monkeypatch):
     # Epochs of a few steps: a write per epoch costs ~5% of a short budget. Within the
     # interval only the run's end (here also its one validation, the best) writes.
-    written = []
-    real = R.atomic_torch_save
-
-    def record(obj, path):
-        written.append((Path(path).name, obj["training"]["progress"]["epoch"]))
-        return real(obj, path)
-
-    monkeypatch.setattr(R, "atomic_torch_save", record)
+    written = recorded_saves(monkeypatch, "epoch")
     for every, expected in [
             (60.0, [("best.pt", 3), ("last.pt", 3)]),
             (None, [("last.pt", 1), ("last.pt", 2), ("best.pt", 3), ("last.pt", 3)])]:

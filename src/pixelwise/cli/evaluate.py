@@ -6,13 +6,13 @@ from pathlib import Path
 import click
 
 from ..inference.forward import DEFAULT_THRESHOLD
-from .options import DEVICE_HELP, FiniteFloatRange, parse_device
+from .options import (DEVICE_HELP, FiniteFloatRange, checkpoints_option, parse_device,
+                      postprocess_option, resolve_ensemble)
 
 
 @click.command(name="evaluate")
-@click.option("--checkpoint", "-c", required=True, type=click.Path(dir_okay=False),
-              help="Checkpoint (.pt) or exported ONNX model (.onnx, int8 included) to "
-                   "evaluate.")
+@checkpoints_option("Checkpoint (.pt) or exported model (.onnx, int8 included) to evaluate; "
+                    "repeat for an ensemble, or give a folder of folds (train --folds).")
 @click.option("--data", "-d", "spec", default=None,
               help="Dataset spec: a YAML file or a preset name (with --root). Default: the "
                    "dataset named in the checkpoint's training config.")
@@ -36,13 +36,19 @@ from .options import DEVICE_HELP, FiniteFloatRange, parse_device
               help="Overlays of the first N images and of the N worst (lowest IoU).")
 @click.option("--overwrite", is_flag=True,
               help="Replace files in the output folder that pixelwise did not write.")
-def command(checkpoint: str, spec: str | None, root: str | None, split: str, output: str,
-            device: str, tile_size: int | None, overlap: float, threshold: float,
-            tolerance: int, examples: int, overwrite: bool) -> None:
+@postprocess_option()
+@click.option("--uncertainty", is_flag=True,
+              help="Also report how well the uncertainty (entropy; variance across several "
+                   "members) ranks the misclassified pixels: AUROC.")
+def command(checkpoints: tuple[str, ...], spec: str | None, root: str | None, split: str,
+            output: str, device: str, tile_size: int | None, overlap: float, threshold: float,
+            tolerance: int, examples: int, overwrite: bool, no_postprocess: bool,
+            uncertainty: bool) -> None:
     """Score a checkpoint on a dataset split: pixel accuracy, mean accuracy, mean IoU,
     frequency-weighted IoU, Dice, boundary F1 and per-class tables in DIR/metrics.json, and a
     self-contained DIR/report.html (confusion matrix, per-class IoU, overlays including the
-    worst images, training curves when the run folder has them).
+    worst images, training curves when the run folder has them). Post-processing stored
+    with the model is applied, and the metrics are printed with and without it.
 
     \b
     Examples:
@@ -50,29 +56,45 @@ def command(checkpoint: str, spec: str | None, root: str | None, split: str, out
           --data camvid.yaml --split val --output eval/camvid
       pixelwise evaluate -c best.pt -d drive --root ../shared/data/drive -o eval
       pixelwise evaluate -c runs/drive/checkpoints/best.pt -o eval   # its own data
+      pixelwise evaluate -c runs/drive_folds -d drive --root ../shared/data/drive \\
+          --split test -o eval_ens --uncertainty        # the 5-fold ensemble
     """
     from ..io.checkpoint import read_checkpoint
     from ..data import load_spec
-    from ..inference.evaluate import evaluate
+    from ..inference.evaluate import evaluate, number_text
     from ..metrics import SUMMARY_METRICS
     from ..io.outputs import check_output_folder
 
     check_output_folder(output, "--output")  # before the evaluation, not after it
-    if spec is None and Path(checkpoint).suffix.lower() == ".onnx":
-        raise click.UsageError("--data is needed: an ONNX model does not name its dataset")
+    ensemble = resolve_ensemble(checkpoints, no_postprocess)
     if spec is None:
-        spec = ((read_checkpoint(checkpoint).get("config") or {}).get("data") or {}).get("spec")
+        first = ensemble.members[0]
+        if Path(first).suffix.lower() == ".onnx":
+            raise click.UsageError("--data is needed: an ONNX model does not name its dataset")
+        spec = ((read_checkpoint(first).get("config") or {}).get("data") or {}).get("spec")
         if spec is None:
             raise click.UsageError("--data is needed: the checkpoint does not name its dataset")
     if root is not None:
         spec = load_spec(spec, root=root)
-    result = evaluate(checkpoint, spec, split, output, device=device, tile_size=tile_size,
-                      overlap=overlap, threshold=threshold, boundary_tolerance=tolerance,
-                      num_examples=examples, num_worst=examples, progress=True,
-                      overwrite=overwrite)
+    result = evaluate(ensemble.members, spec, split, output, device=device,
+                      tile_size=tile_size, overlap=overlap, threshold=threshold,
+                      boundary_tolerance=tolerance, num_examples=examples, num_worst=examples,
+                      progress=True, overwrite=overwrite, postprocess=ensemble.postprocess,
+                      uncertainty=uncertainty)
+    without = result.get("without_postprocess")
+    if without is not None:
+        click.echo(f"{'':>15}  {'post-processed':>14}  {'without':>8}")
     for key in (*SUMMARY_METRICS, "boundary_f1", "hausdorff95"):
         if key not in result:
             continue
-        value = result[key]
-        click.echo(f"{key:>15}: {'n/a' if value is None else f'{value:.4f}'}")
+        value = number_text(result[key])
+        if without is not None and key in without:
+            value = f"{value:>14}  {number_text(without[key]):>8}"
+        click.echo(f"{key:>15}: {value}")
+    for kind, ranking in (result.get("uncertainty") or {}).items():
+        if isinstance(ranking, dict):
+            click.echo(f"{kind + ' AUROC':>15}: {number_text(ranking['auroc'])} (error ranking, "
+                       f"{ranking['error_pixels']} of "
+                       f"{ranking['error_pixels'] + ranking['correct_pixels']} pixels wrong)")
     click.echo(f"report: {output}/report.html")
+

@@ -9,7 +9,8 @@ import click
 from ..errors import PixelwiseError
 from ..inference.backend import BACKENDS
 from ..inference.forward import DEFAULT_THRESHOLD
-from .options import DEVICE_HELP, FiniteFloatRange, finite_numbers, parse_device
+from .options import (DEVICE_HELP, FiniteFloatRange, checkpoints_option, finite_numbers,
+                      parse_device, postprocess_option, resolve_ensemble)
 
 RASTER_PIXELS = 2**26  # TIFFs above this (about 8,000 x 8,000) are predicted block by block
 
@@ -73,8 +74,7 @@ def _parse_shard(ctx, param, value: str | None) -> tuple[int, int] | None:
 @click.option("--shard", callback=_parse_shard, default=None, metavar="I/N",
               help="Predict only share I (0-based) of N of the inputs, without torchrun "
                    "(a scheduler's array task); the summary is summary-I-of-N.json.")
-@click.option("--checkpoint", "-c", required=True, type=click.Path(dir_okay=False),
-              help="Checkpoint (.pt) or exported ONNX model (.onnx).")
+@checkpoints_option()
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False),
               help="Output folder (created if missing).")
 @click.option("--tile-size", type=click.IntRange(min=1), default=None,
@@ -91,6 +91,11 @@ def _parse_shard(ctx, param, value: str | None) -> tuple[int, int] | None:
               show_default=True, help="Inference engine; auto: onnxruntime for an .onnx file, "
                                       "torch for a checkpoint (onnxruntime exports it in memory).")
 @click.option("--probs", is_flag=True, help="Also write per-class probabilities.")
+@click.option("--uncertainty", is_flag=True,
+              help="Also write NAME_entropy.png (normalised entropy of the averaged "
+                   "probabilities) and, with several members or TTA views, NAME_variance.png "
+                   "(their normalised variance): 16-bit, 0..65535 for 0..1; .tif for rasters.")
+@postprocess_option()
 @click.option("--probs-format", type=click.Choice(["npy", "tiff16"]), default="npy",
               show_default=True, help="float32 .npy, or 16-bit TIFF (probability x 65535).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
@@ -124,16 +129,18 @@ def _parse_shard(ctx, param, value: str | None) -> tuple[int, int] | None:
                    "(labelme) or coco.json (coco); outlines simplified within 1 px.")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show progress bars (stderr; rank 0 only under torchrun).")
-def command(inputs, files_from, shard, checkpoint, output, tile_size, overlap, tta, scales,
-            threshold, backend, probs, probs_format, batch_size, frames_per_batch, mask_video,
-            device, fast, raster, block_size, skip_existing, overwrite, fail_fast,
-            polygons, progress) -> None:
+def command(inputs, files_from, shard, checkpoints, output, tile_size, overlap, tta, scales,
+            threshold, backend, probs, uncertainty, no_postprocess, probs_format, batch_size,
+            frames_per_batch, mask_video, device, fast, raster, block_size, skip_existing,
+            overwrite, fail_fast, polygons, progress) -> None:
     """Predict class masks for images, videos, folders and glob patterns.
 
     Writes per image NAME_mask.png (palette PNG of class indices), NAME_overlay.png,
     optionally NAME_probs.npy, and summary.json (class areas, inputs that failed); large TIFF
     scenes become NAME_mask.tif, videos NAME_overlay.mp4 and NAME_areas.csv (`video` extra).
-    NAME is the input's stem (+ 8 hex digits of its path's hash when stems collide). Files
+    NAME is the input's stem (+ 8 hex digits of its path's hash when stems collide). Several
+    -c (or a folder of folds) average the members' probabilities; the post-processing stored
+    with the model is applied to image and video masks (not to rasters). Files
     that pixelwise did not write are never replaced without --overwrite. Under torchrun each
     process predicts its share; --shard I/N predicts one share without it.
 
@@ -143,6 +150,7 @@ def command(inputs, files_from, shard, checkpoint, output, tile_size, overlap, t
           data/street/*.png --output predictions --tile-size 512 --tta
       torchrun --nproc_per_node 4 --no-python pixelwise predict -c best.pt scans/ -o preds \\
           --skip-existing
+      pixelwise predict -c runs/polyp_folds scans/ -o preds --uncertainty   # 5-fold ensemble
     """
     from ..data.readers import IMAGE_SUFFIXES
     from ..devices import resolve_device
@@ -162,16 +170,19 @@ def command(inputs, files_from, shard, checkpoint, output, tile_size, overlap, t
     summary_name = "summary.json" if shard is None else f"summary-{rank}-of-{world_size}.json"
     bars = _Bars(progress and group.rank == 0)
     try:
-        source, backend, fast = choose_backend(checkpoint, backend, fast)
-        predictor = Predictor(source, backend=backend, tile_size=tile_size, overlap=overlap,
+        ensemble = resolve_ensemble(checkpoints, no_postprocess, quiet=group.rank != 0)
+        sources, backend, fast = choose_backends(ensemble.members, backend, fast)
+        predictor = Predictor(sources, backend=backend, tile_size=tile_size, overlap=overlap,
                               tta=tta, threshold=threshold, scales=scales,
                               device=resolve_device(device, group.local_rank),
-                              batch_size=batch_size, fast=fast, progress=bars.tile_done)
+                              batch_size=batch_size, fast=fast, progress=bars.tile_done,
+                              uncertainty=uncertainty, postprocess=ensemble.postprocess)
         paths = collect_inputs(inputs, suffixes=IMAGE_SUFFIXES + VIDEO_SUFFIXES)
         jobs = plan_jobs(paths, [_kind(p, raster) for p in paths])
         opts = OutputOptions(save_probs=probs, probs_format=probs_format,
                              mask_video=mask_video, frames_per_batch=frames_per_batch,
-                             block_size=block_size)
+                             block_size=block_size, uncertainty=uncertainty,
+                             variance=predictor.views > 1)
         if polygons != "png" and group.rank == 0:
             _claim_polygon_files(jobs, polygons, out, summary_name, overwrite)
         results = run_jobs(predictor, shard_of(jobs, rank, world_size), out, opts,
@@ -248,6 +259,16 @@ def choose_backend(checkpoint: str | os.PathLike, backend: str,
     if problem is not None:
         raise click.BadParameter(problem, param_hint="--backend")
     return source, backend, fast
+
+
+def choose_backends(members, backend: str, fast: bool | None):
+    """:func:`choose_backend` for every member of an ensemble, on one backend: ``auto`` is
+    onnxruntime when any member is an ``.onnx`` file (checkpoints are then exported in memory).
+    """
+    if backend == "auto" and any(Path(m).suffix.lower() == ".onnx" for m in members):
+        backend = "onnxruntime"
+    chosen = [choose_backend(m, backend, fast) for m in members]
+    return [source for source, _, _ in chosen], chosen[0][1], chosen[0][2]
 
 
 def _report(rank: int, results, summary, summary_path: Path) -> None:

@@ -6,13 +6,17 @@ from pathlib import Path
 import click
 
 from ..errors import PixelwiseError
-from .options import DEVICE_HELP, FiniteFloatRange, parse_device
+from .options import (DEVICE_HELP, FiniteFloatRange, checkpoints_option, parse_device,
+                      postprocess_option, resolve_ensemble)
 
 
 @click.command("serve")
-@click.option("--checkpoint", "-c", required=True,
-              type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Checkpoint to serve (a .pt written by pixelwise train).")
+@checkpoints_option("Checkpoint to serve (.pt or .onnx); repeat for an ensemble, or give a "
+                    "folder of folds (train --folds).", exists=True)
+@postprocess_option()
+@click.option("--uncertainty", is_flag=True,
+              help="Also answer JSON requests with the entropy map (uncertainty_png), which "
+                   "the page can show as a layer.")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on (0.0.0.0 for every interface).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
@@ -37,9 +41,10 @@ from .options import DEVICE_HELP, FiniteFloatRange, parse_device
               help="Inference threads (torch intra-op or ONNX Runtime; default: one per core).")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]),
               default="info", show_default=True, help="uvicorn's log level.")
-def command(checkpoint: Path, host: str, port: int, backend: str, device: str,
-            tile_size: int | None, max_upload_mb: float, max_pixels: int, max_batch: int | None,
-            max_queue: int, threads: int | None, log_level: str) -> None:
+def command(checkpoints: tuple[str, ...], no_postprocess: bool, uncertainty: bool, host: str,
+            port: int, backend: str, device: str, tile_size: int | None, max_upload_mb: float,
+            max_pixels: int, max_batch: int | None, max_queue: int, threads: int | None,
+            log_level: str) -> None:
     """Serve a model over HTTP: a web page at /, POST /predict, GET /model, GET /health.
 
     POST /predict takes an image (multipart field "file", or the raw bytes with an image/*
@@ -61,22 +66,25 @@ def command(checkpoint: Path, host: str, port: int, backend: str, device: str,
 
     from ..devices import resolve_device
     from ..inference.predict import Predictor
-    from .predict import choose_backend
+    from .predict import choose_backends
     from ..serve import create_app
 
     if threads is not None:
         torch.set_num_threads(threads)
     device = str(resolve_device(device))
-    source, backend, _ = choose_backend(checkpoint, backend, fast=False)
-    predictor = Predictor(source, backend=backend, tile_size=tile_size, device=device,
-                          threads=threads)
+    ensemble = resolve_ensemble(checkpoints, no_postprocess)
+    sources, backend, _ = choose_backends(ensemble.members, backend, fast=False)
+    predictor = Predictor(sources, backend=backend, tile_size=tile_size, device=device,
+                          threads=threads, uncertainty=uncertainty,
+                          postprocess=ensemble.postprocess)
     if max_batch is None:
         # Measured with benchmarks/loadtest.py on a 2-core CPU (16 clients, 360x480): batches
         # of 4 gave 7.2 req/s at 820 MiB peak, one by one 8.3 req/s at 471 MiB.
         max_batch = 1 if backend == "onnxruntime" or torch.device(device).type == "cpu" else 4
     app = create_app(predictor, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
                      max_pixels=max_pixels, max_batch=max_batch, max_queue=max_queue,
-                     model_info={"backend": backend, "checkpoint": checkpoint.name})
+                     model_info={"backend": backend,
+                                 "checkpoint": ", ".join(Path(c).name for c in checkpoints)})
     # One process: the model is loaded once and its single inference thread bounds memory.
     uvicorn.run(app, host=host, port=port, log_level=log_level, workers=1,
                 timeout_graceful_shutdown=5)

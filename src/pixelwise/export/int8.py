@@ -79,7 +79,7 @@ def calibration_inputs(ckpt: Checkpoint, dataset, images: int) -> list[np.ndarra
     inputs = []
     for i in calibration_indices(len(dataset), images):
         image, _ = dataset.read_raw(i)
-        x = whole_image_input(predictor.prepare(image)[None], predictor.shape_model)
+        x = whole_image_input(predictor.prepare(image)[None], predictor.members[0].shape_model)
         inputs.append(x.numpy())
     return inputs
 

@@ -40,6 +40,7 @@ from ..data.readers import IMAGE_SUFFIXES
 from ..io.files import atomic_write_json, remove_stale_temporaries
 from ..io.outputs import Recorder, read_records, refuse_foreign
 from .predict import Predictor, predict_image_file
+from .uncertainty import uncertainty_names
 
 # A process that finishes its shard early waits for the others at the final merge; prediction
 # of a large set can take hours, longer than the collectives' default timeouts.
@@ -66,6 +67,8 @@ class OutputOptions:
     mask_video: bool = False
     frames_per_batch: int = 4
     block_size: int = 1024
+    uncertainty: bool = False  # <stem>_entropy (and, with several views, _variance) maps
+    variance: bool = False
 
 
 @dataclass
@@ -102,11 +105,15 @@ def output_names(job: Job, opts: OutputOptions) -> list[str]:
 
         return video_outputs(job.stem, opts.mask_video)
     if job.kind == "raster":
-        return [f"{job.stem}_mask.tif"]
+        return [f"{job.stem}_mask.tif", *_uncertainty_names(job, opts, ".tif")]
     names = [f"{job.stem}_mask.png", f"{job.stem}_overlay.png"]
     if opts.save_probs:
         names.append(f"{job.stem}_probs.{'npy' if opts.probs_format == 'npy' else 'tif'}")
-    return names
+    return names + _uncertainty_names(job, opts, ".png")
+
+
+def _uncertainty_names(job: Job, opts: OutputOptions, suffix: str) -> list[str]:
+    return uncertainty_names(job.stem, suffix, opts.variance) if opts.uncertainty else []
 
 
 def _predict(predictor: Predictor, job: Job, out: Path, opts: OutputOptions) -> dict[str, Any]:
@@ -119,11 +126,18 @@ def _predict(predictor: Predictor, job: Job, out: Path, opts: OutputOptions) -> 
     if job.kind == "raster":
         from .raster import predict_raster
 
-        dst = predict_raster(predictor, job.path, out / f"{job.stem}_mask.tif",
-                             block_size=opts.block_size)
-        return {"input": str(job.path), "mask": Path(dst).name}
+        names = output_names(job, opts)
+        predict_raster(predictor, job.path, out / names[0], block_size=opts.block_size,
+                       uncertainty=[out / n for n in names[1:]])
+        return _raster_entry(job, names)
     return predict_image_file(predictor, job.path, out, job.stem, opts.save_probs,
                               opts.probs_format, opts.overlay_alpha)
+
+
+def _raster_entry(job: Job, names: list[str]) -> dict[str, Any]:
+    """A raster's summary entry: its mask and uncertainty files."""
+    return {"input": str(job.path), "mask": names[0],
+            **dict(zip(("entropy", "variance"), names[1:]))}
 
 
 def _entry_from_outputs(predictor: Predictor, job: Job, out: Path,
@@ -136,7 +150,7 @@ def _entry_from_outputs(predictor: Predictor, job: Job, out: Path,
         return video_entry_from_outputs(job.path, out, job.stem, opts.mask_video,
                                         predictor.class_names)
     if job.kind == "raster":
-        return {"input": str(job.path), "mask": names[0]}
+        return _raster_entry(job, names)
     from PIL import Image
 
     with Image.open(out / names[0]) as im:
@@ -145,6 +159,7 @@ def _entry_from_outputs(predictor: Predictor, job: Job, out: Path,
              "mask": names[0], "overlay": names[1]}
     if opts.save_probs:
         entry["probs"] = names[2]
+    entry.update(zip(("entropy", "variance"), _uncertainty_names(job, opts, ".png")))
     entry["classes"] = class_areas(class_pixels(mask, predictor.num_classes), predictor.class_names)
     return entry
 

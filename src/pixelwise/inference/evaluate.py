@@ -7,60 +7,61 @@ images are labelled by the same code as validation (``inference.forward``), so t
 ``best.pt`` equal those its training run logged for it (same split, same threshold).
 All metrics come from one confusion matrix over the split, as in the FCN paper;
 boundary F1 (SegNet's BF score) and, for two-class data, Hausdorff 95 are means over images.
+An ensemble is scored through the same Predictor (members averaged). With a post-processing
+spec the metrics are those of the post-processed masks, and those without it are reported
+beside them; with uncertainty, how well the entropy (and the variance across members) ranks
+the misclassified pixels (``metrics.ranking``).
 """
 from __future__ import annotations
 
 import heapq
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from ..io.checkpoint import Checkpoint
 from ..errors import ConfigError, DataError
 from ..io.files import atomic_write_json, remove_stale_temporaries
 from ..metrics import SUMMARY_METRICS
 from ..metrics.confusion import mean_defined
+from ..metrics.ranking import ErrorRanking
 from ..devices import resolve_device
+from .backend import Source
 from .forward import DEFAULT_THRESHOLD
+from .postprocess import apply_postprocessing
 
 
-Source = Union[str, os.PathLike, Checkpoint, bytes]
+def _predictor(checkpoints: list, device: torch.device, tile_size: int | None, overlap: float,
+               threshold: float, uncertainty: bool):
+    """The :class:`Predictor` that evaluation scores (no post-processing: evaluation applies
+    it itself, to score the masks with and without it).
 
-
-def _open_predictor(source: Source, device: torch.device, tile_size: int | None,
-                    overlap: float, threshold: float):
-    """The :class:`Predictor` of a checkpoint (PyTorch) or an exported model (ONNX Runtime:
-    an ``.onnx`` path or its bytes, int8 models included)."""
+    It normalises with each checkpoint's statistics, mirrors the border of valid-convolution
+    U-Nets and tiles when ``tile_size`` is given, exactly as ``pixelwise predict`` does, so
+    evaluation scores what users will get; whole images get the labels validation gives
+    (``inference.forward``). Exported models (``.onnx`` paths or bytes, int8 included) run on
+    ONNX Runtime, checkpoints on PyTorch (a mix is refused by the backend, in one line).
+    """
     from .backend import is_onnx
     from .predict import Predictor
 
-    return Predictor(source, backend="onnxruntime" if is_onnx(source) else "torch",
-                     tile_size=tile_size, overlap=overlap, threshold=threshold, device=device)
+    backend = "onnxruntime" if is_onnx(checkpoints[0]) else "torch"
+    return Predictor(checkpoints, backend=backend, tile_size=tile_size, overlap=overlap,
+                     threshold=threshold, device=device, uncertainty=uncertainty)
 
 
-def _mask_predictor(predictor) -> Callable[[np.ndarray], np.ndarray]:
-    """``image (H, W, C) -> class mask (H, W) int64`` through :class:`Predictor`.
-
-    The predictor normalises with the model's statistics, mirrors the border of
-    valid-convolution U-Nets and tiles when ``tile_size`` is given, exactly as
-    ``pixelwise predict`` does, so evaluation scores what users will get; whole images get
-    the labels validation gives (``inference.forward``).
-    """
-    return lambda image: predictor.predict(image).mask.astype(np.int64)
-
-
-def _check_classes(meta: dict[str, Any], name: str, dataset) -> None:
-    classes, channels = meta["class_names"], len(meta["mean"])
-    if len(classes) != dataset.num_classes:
+def _check_classes(predictor, dataset) -> None:
+    names, where = predictor.meta["class_names"], predictor.members[0].name
+    if len(names) != dataset.num_classes:
         raise ConfigError(f"data: the dataset has {dataset.num_classes} classes "
-                          f"({', '.join(dataset.class_names)}) but {name} was "
-                          f"trained on {len(classes)} ({', '.join(classes)})")
-    if channels != dataset.in_channels:
+                          f"({', '.join(dataset.class_names)}) but checkpoint {where} was "
+                          f"trained on {len(names)} ({', '.join(names)})")
+    if predictor.in_channels != dataset.in_channels:
         raise ConfigError(f"data: the dataset has {dataset.in_channels}-channel images but "
-                          f"{name} expects {channels}")
+                          f"checkpoint {where} expects {predictor.in_channels}")
 
 
 def _image_iou(pred: np.ndarray, target: np.ndarray, num_classes: int,
@@ -90,17 +91,20 @@ def _run_folder_curves(ckpt_path: Path) -> Path | None:
     return None
 
 
-def evaluate(checkpoint: Source, spec: Any, split: str = "val",
+def evaluate(checkpoint: Source | Sequence[Source], spec: Any, split: str = "val",
              output: str | os.PathLike | None = None, *, device: str = "auto",
              tile_size: int | None = None, overlap: float = 0.25,
              threshold: float = DEFAULT_THRESHOLD, boundary_tolerance: int = 2,
              num_examples: int = 3, num_worst: int = 3, progress: bool = False,
-             overwrite: bool = False) -> dict[str, Any]:
-    """Score a checkpoint on one split and (with ``output``) write metrics.json and report.html.
+             overwrite: bool = False, postprocess: dict | None = None,
+             uncertainty: bool = False) -> dict[str, Any]:
+    """Score a checkpoint (or an ensemble) on one split and (with ``output``) write
+    metrics.json and report.html.
 
     Args:
         checkpoint: checkpoint path or a loaded :class:`Checkpoint` (run on PyTorch), or an
-            exported ``.onnx`` file or its bytes (run on ONNX Runtime, int8 models included).
+            exported ``.onnx`` file or its bytes (run on ONNX Runtime, int8 models included);
+            a list of them is an ensemble (:class:`~pixelwise.inference.predict.Predictor`).
         spec: dataset spec (path, preset name, dict or ``DatasetSpec``).
         split: split name.
         output: folder for ``metrics.json``, ``report.html`` and the PNGs; None writes nothing.
@@ -112,43 +116,91 @@ def evaluate(checkpoint: Source, spec: Any, split: str = "val",
         progress: show a progress bar.
         overwrite: replace files in ``output`` that pixelwise did not write (refused, before
             the evaluation, otherwise).
+        postprocess: a post-processing spec (:mod:`pixelwise.inference.postprocess`): the
+            metrics are those of the post-processed masks, and ``without_postprocess`` holds
+            the ones without it.
+        uncertainty: also report how well the uncertainty ranks the errors
+            (:mod:`pixelwise.metrics.ranking`) under ``uncertainty``.
 
     Returns:
         The metrics dict written to ``metrics.json``: ``pixel_accuracy``, ``mean_accuracy``,
         ``mean_iou``, ``fw_iou``, ``dice``, ``boundary_f1``, (``hausdorff95`` for two
-        classes), ``per_class`` (one row per class name), ``confusion_matrix``, ``per_image``.
+        classes), ``per_class`` (one row per class name), ``confusion_matrix``, ``per_image``;
+        ``postprocess`` and ``without_postprocess`` with a spec; ``uncertainty``.
     """
     from ..data import SegmentationDataset
 
-    path = _source_path(checkpoint)
-    predictor = _open_predictor(checkpoint, resolve_device(device), tile_size, overlap,
-                                threshold)
+    checkpoints = list(checkpoint) if isinstance(checkpoint, (list, tuple)) else [checkpoint]
     if output is not None:  # a folder that cannot take the outputs fails before the work
         _claim_outputs(Path(output), overwrite)
     dataset = SegmentationDataset(spec, split)
-    _check_classes(predictor.meta, str(path) if path else "the model", dataset)
+    predictor = _predictor(checkpoints, resolve_device(device), tile_size, overlap, threshold,
+                           uncertainty)
+    _check_classes(predictor, dataset)
     if len(dataset) == 0:  # every metric would be n/a: not a result
         raise DataError(f"split {split!r} of dataset {dataset.spec.name!r} has no images: "
                         f"nothing to evaluate")
-    predict = _mask_predictor(predictor)
-    cm, per_image, kept, worst = _score_split(dataset, predict, boundary_tolerance,
+    extras = Extras.start(dataset, postprocess, uncertainty and predictor.views > 1,
+                          uncertainty)
+    cm, per_image, kept, worst = _score_split(dataset, predictor, extras, boundary_tolerance,
                                               num_examples, num_worst, progress)
-    result = _summary(path, dataset, split, cm, per_image, boundary_tolerance)
+    result = _summary(predictor, dataset, split, cm, per_image, boundary_tolerance)
+    result.update(extras.summary(dataset))
     if output is not None:
         worst_sorted = sorted(((-neg, i, p) for neg, i, p in worst), key=lambda x: x[0])
-        _write_outputs(Path(output), result, predictor, path, dataset, kept, worst_sorted,
+        _write_outputs(Path(output), result, predictor, dataset, kept, worst_sorted,
                        cm.mat.cpu())
     return result
 
 
-def _source_path(source: Source) -> Path | None:
-    """The file a model came from (None for bytes or a checkpoint built in memory)."""
-    if isinstance(source, Checkpoint):
-        return Path(source.path) if source.path else None
-    return None if isinstance(source, bytes) else Path(source)
+@dataclass
+class Extras:
+    """What evaluation measures besides the metrics of the final masks: the masks without
+    post-processing, and how well the uncertainty maps rank the errors of the model's own
+    masks (before post-processing, which does not look at the probabilities)."""
+
+    postprocess: dict | None
+    raw: Any                     # ConfusionMatrix of the masks without post-processing
+    rankings: dict[str, ErrorRanking] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, dataset, postprocess: dict | None, variance: bool,
+              uncertainty: bool) -> "Extras":
+        from ..metrics import ConfusionMatrix
+
+        raw = (ConfusionMatrix(dataset.num_classes, ignore_index=dataset.ignore_index)
+               if postprocess is not None else None)
+        kinds = ("entropy", "variance")[:(1 + variance)] if uncertainty else ()
+        return cls(postprocess, raw, {k: ErrorRanking(dataset.ignore_index) for k in kinds})
+
+    def final_mask(self, pred, target: np.ndarray) -> np.ndarray:
+        """The mask scored (post-processed when there is a spec); accumulates the rest."""
+        mask = pred.mask.astype(np.int64)
+        for kind, ranking in self.rankings.items():
+            ranking.update(getattr(pred, kind), mask, target)
+        if self.postprocess is None:
+            return mask
+        self.raw.update(torch.from_numpy(mask), torch.from_numpy(target))
+        return apply_postprocessing(mask, self.postprocess).astype(np.int64, copy=False)
+
+    def summary(self, dataset) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.postprocess is not None:
+            metrics = self.raw.compute()
+            out["postprocess"] = self.postprocess.get("classes", {})
+            out["without_postprocess"] = {
+                **{k: metrics[k] for k in SUMMARY_METRICS},
+                "per_class": _per_class_table(metrics, dataset.class_names, self.raw.mat.cpu())}
+        if self.rankings:
+            out["uncertainty"] = {
+                "method": "AUROC of the uncertainty as a score of misclassified pixels "
+                          "(before post-processing; ignore_index left out), exact on the "
+                          "16-bit maps (65,536 bins, ties counted one half)",
+                **{kind: r.summary() for kind, r in self.rankings.items()}}
+        return out
 
 
-def _summary(path: Path | None, dataset, split: str, cm, per_image: list[dict[str, Any]],
+def _summary(predictor, dataset, split: str, cm, per_image: list[dict[str, Any]],
              tolerance: int) -> dict[str, Any]:
     """The metrics dict of :func:`evaluate` from the split's confusion matrix and the
     per-image scores."""
@@ -160,7 +212,7 @@ def _summary(path: Path | None, dataset, split: str, cm, per_image: list[dict[st
                         f"the files")
     metrics = cm.compute()
     result: dict[str, Any] = {
-        "checkpoint": str(path) if path else None,
+        "checkpoint": _checkpoint_names(predictor),
         "dataset": dataset.spec.name, "split": split, "num_images": len(dataset),
         **{k: metrics[k] for k in SUMMARY_METRICS},
         "boundary_f1": mean_defined([e["boundary_f1"] for e in per_image]),
@@ -178,10 +230,11 @@ def _summary(path: Path | None, dataset, split: str, cm, per_image: list[dict[st
     return result
 
 
-def _score_split(dataset, predict: Callable[[np.ndarray], np.ndarray], tolerance: int,
-                 num_examples: int, num_worst: int, progress: bool):
+def _score_split(dataset, predictor, extras: Extras, tolerance: int, num_examples: int,
+                 num_worst: int, progress: bool):
     """Predict every image of ``dataset``: the split's confusion matrix, each image's entry,
-    the first ``num_examples`` predictions and a heap of the ``num_worst`` by IoU."""
+    the first ``num_examples`` predictions and a heap of the ``num_worst`` by IoU (of the
+    final masks; ``extras`` gathers the rest)."""
     from ..metrics import ConfusionMatrix, boundary_f1, hausdorff95
 
     n, ignore = dataset.num_classes, dataset.ignore_index
@@ -196,7 +249,7 @@ def _score_split(dataset, predict: Callable[[np.ndarray], np.ndarray], tolerance
         indices = tqdm(indices, desc=f"evaluate {dataset.split}", unit="img")
     for i in indices:
         image, target = dataset.read_raw(i)
-        pred = predict(image)
+        pred = extras.final_mask(predictor.predict(image), target)
         cm.update(torch.from_numpy(pred), torch.from_numpy(target))
         iou = _image_iou(pred, target, n, ignore)
         entry = {"image": str(dataset.samples[i][0]), "mean_iou": iou,
@@ -229,14 +282,20 @@ def _claim_outputs(out: Path, overwrite: bool) -> None:
     Recorder(out).claim(OUTPUTS)
 
 
-def _write_outputs(out: Path, result: dict[str, Any], predictor, path: Path | None, dataset,
+def _checkpoint_names(predictor) -> str | list[str]:
+    """The evaluated checkpoint's name, or the list of an ensemble's."""
+    names = [m.name for m in predictor.members]
+    return names[0] if len(names) == 1 else names
+
+
+def _write_outputs(out: Path, result: dict[str, Any], predictor, dataset,
                    kept: dict[int, np.ndarray], worst: list[tuple[float, int, np.ndarray]],
                    mat: torch.Tensor) -> None:
     from ..report import figures as report
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "metrics.json", result)
-    palette = list(predictor.palette)
+    palette = predictor.palette
     figures = [
         ("Confusion matrix", report.plot_confusion_matrix(mat.numpy(), dataset.class_names,
                                                           out / "confusion_matrix.png")),
@@ -257,7 +316,9 @@ def _write_outputs(out: Path, result: dict[str, Any], predictor, path: Path | No
     if samples:
         figures.append(("Examples and worst cases (image / ground truth / prediction)",
                         report.plot_overlay_grid(samples, palette, out / "examples.png")))
-    curves = _run_folder_curves(path) if path else None
+    member = predictor.members[0]
+    curves = (_run_folder_curves(Path(member.name)) if len(predictor.members) == 1
+              and Path(member.name).is_file() else None)
     if curves is not None:
         png = report.plot_training_curves(curves, out / "training_curves.png")
         if png is not None:
@@ -268,6 +329,27 @@ def _write_outputs(out: Path, result: dict[str, Any], predictor, path: Path | No
              f"data: {result['dataset']} / {result['split']} ({result['num_images']} images)",
              f"boundary F1 tolerance: {result['boundary_tolerance']} px; classes absent from "
              "truth and prediction show n/a and are left out of the means"]
-    report.write_html_report(out / "report.html", f"Evaluation: {predictor.meta['model_name']}", summary,
+    notes += _extra_notes(result)
+    report.write_html_report(out / "report.html", f"Evaluation: {predictor.meta['model_name']}",
+                             summary,
                              result["per_class"], figures, notes,
                              legend=report.legend_html(dataset.class_names, palette))
+
+
+def _extra_notes(result: dict[str, Any]) -> list[str]:
+    """The report's lines on post-processing and uncertainty."""
+    notes = []
+    if "without_postprocess" in result:
+        before, after = result["without_postprocess"]["mean_iou"], result["mean_iou"]
+        notes.append(f"post-processing {result['postprocess']}: mean IoU {number_text(before)} "
+                     f"without, {number_text(after)} with (the figures above)")
+    for kind, ranking in (result.get("uncertainty") or {}).items():
+        if isinstance(ranking, dict) and ranking.get("auroc") is not None:
+            notes.append(f"{kind}: error-ranking AUROC {ranking['auroc']:.4f} over "
+                         f"{ranking['error_pixels']} misclassified pixels")
+    return notes
+
+
+def number_text(value: float | None) -> str:
+    """A metric for people: four decimals, or n/a."""
+    return "n/a" if value is None else f"{value:.4f}"

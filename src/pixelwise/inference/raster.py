@@ -12,17 +12,19 @@ double/ASCII parameters) is copied to the mask, so GIS tools place it over the s
 from __future__ import annotations
 
 import os
+import tempfile
 from collections import OrderedDict
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from ..errors import DataError
 from ..io.files import atomic_path
-from ..models import geometry
-from .predict import Predictor
+from .predict import Prediction, Predictor
+from .uncertainty import to_uint16
 
 # ModelPixelScale, ModelTiepoint, ModelTransformation, GeoKeyDirectory, GeoDoubleParams,
 # GeoAsciiParams.
@@ -141,9 +143,11 @@ def _colormap(palette: list[tuple[int, int, int]]) -> np.ndarray:
 
 
 def _mask_tiles(predictor: Predictor, reader: TiffRegionReader, src, block: int, margin: int,
-                tile: int, progress: Callable[[int, int], None] | None) -> Iterator[np.ndarray]:
+                tile: int, progress: Callable[[int, int], None] | None,
+                maps: Sequence[np.ndarray]) -> Iterator[np.ndarray]:
     """The mask's TIFF tiles in row-major order, predicting one row of blocks at a time (only
-    that strip of the mask is in memory)."""
+    that strip of the mask is in memory); the uncertainty goes into ``maps`` (entropy, then
+    variance: uint16 memory maps of the raster's size) as it comes."""
     height, width = reader.height, reader.width
     rows, cols = -(-height // block), -(-width // block)
     done = 0
@@ -152,7 +156,10 @@ def _mask_tiles(predictor: Predictor, reader: TiffRegionReader, src, block: int,
         strip = np.zeros((y1 - y0, width), dtype=np.uint8)
         for c in range(cols):
             x0, x1 = c * block, min((c + 1) * block, width)
-            strip[:, x0:x1] = _predict_block(predictor, reader, y0, y1, x0, x1, margin, src)
+            pred = _predict_block(predictor, reader, y0, y1, x0, x1, margin, src)
+            strip[:, x0:x1] = pred.mask
+            for out, values in zip(maps, (pred.entropy, pred.variance)):
+                out[y0:y1, x0:x1] = to_uint16(values)
             done += 1
             if progress is not None:
                 progress(done, rows * cols)
@@ -163,12 +170,14 @@ def _mask_tiles(predictor: Predictor, reader: TiffRegionReader, src, block: int,
 
 def predict_raster(predictor: Predictor, src: str | os.PathLike, dst: str | os.PathLike,
                    block_size: int = 1024, margin: int | None = None, tile: int = 256,
-                   progress: Callable[[int, int], None] | None = None) -> Path:
+                   progress: Callable[[int, int], None] | None = None,
+                   uncertainty: Sequence[str | os.PathLike] = ()) -> Path:
     """Predict a (huge) TIFF block by block and write the mask as a tiled palette TIFF.
 
     Args:
-        predictor: a :class:`~pixelwise.inference.predict.Predictor`; its own tiling and TTA
-            apply inside each block.
+        predictor: a :class:`~pixelwise.inference.predict.Predictor`; its own tiling, TTA and
+            ensemble members apply inside each block (post-processing does not: it needs the
+            whole mask).
         src: input TIFF (tiled, striped or uncompressed; GeoTIFF or plain).
         dst: output mask TIFF (uint8 class indices, palette colours, zlib, tiled).
         block_size: side of the square blocks predicted at once (rounded to ``tile``).
@@ -177,37 +186,70 @@ def predict_raster(predictor: Predictor, src: str | os.PathLike, dst: str | os.P
             block edge then see the same neighbourhood as in a whole-image prediction.
         tile: side of the output TIFF's tiles.
         progress: called as ``progress(done_blocks, total_blocks)``.
+        uncertainty: with a predictor that computes uncertainty, where to write the entropy
+            and (several views) the variance as tiled uint16 TIFFs (``round(u * 65535)``),
+            georeferenced like the mask.
 
     Returns:
         ``dst``. Memory: about ``(block_size + 2 * margin)**2 * (channels + 2 * classes) * 4``
-        bytes for the block plus ``block_size * width`` bytes for one row of mask blocks.
+        bytes for the block plus ``block_size * width`` bytes for one row of mask blocks; the
+        uncertainty is gathered in a temporary memory-mapped file beside ``dst``.
     """
-    import tifffile
-
     if predictor.num_classes > 256:
         raise ValueError("a raster mask holds at most 256 classes (uint8)")
     block = max(tile, block_size // tile * tile)
     margin = _default_margin(predictor) if margin is None else margin
     dst = Path(dst)
-    with TiffRegionReader(src) as reader, atomic_path(dst) as tmp:
-        height, width = reader.height, reader.width
-        tiles = _mask_tiles(predictor, reader, src, block, margin, tile, progress)
-        with tifffile.TiffWriter(tmp, bigtiff=height * width > 2**31) as writer:
-            writer.write(tiles, shape=(height, width), dtype=np.uint8, tile=(tile, tile),
-                         compression="zlib", photometric="palette",
-                         colormap=_colormap(predictor.palette),
-                         extratags=geotiff_extratags(reader.tags),
-                         description=f"pixelwise mask; classes: {predictor.class_names}",
-                         metadata=None)
+    with TiffRegionReader(src) as reader, ExitStack() as stack:
+        maps = [stack.enter_context(_scratch(Path(p), reader)) for p in uncertainty]
+        tiles = _mask_tiles(predictor, reader, src, block, margin, tile, progress, maps)
+        _write_tiled(dst, tiles, reader, tile, np.uint8, colormap=_colormap(predictor.palette),
+                     description=f"pixelwise mask; classes: {predictor.class_names}")
+        for path, values in zip(uncertainty, maps):
+            rows = (values[y:y + tile, x:x + tile] for y in range(0, reader.height, tile)
+                    for x in range(0, reader.width, tile))
+            _write_tiled(Path(path), rows, reader, tile, np.uint16,
+                         description=f"pixelwise {Path(path).stem}: uncertainty x 65535")
     return dst
 
 
+@contextmanager
+def _scratch(path: Path, reader: TiffRegionReader) -> Iterator[np.ndarray]:
+    """A raster-sized uint16 memory map in a temporary file beside ``path``, deleted after."""
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.",
+                                     suffix=".tmp") as f:
+        values = np.memmap(f, dtype=np.uint16, mode="w+", shape=(reader.height, reader.width))
+        try:
+            yield values
+        finally:
+            del values
+
+
+def _write_tiled(dst: Path, tiles: Iterator[np.ndarray], reader: TiffRegionReader, tile: int,
+                 dtype, colormap: np.ndarray | None = None, description: str = "") -> None:
+    """Write ``tiles`` (row-major) as a tiled zlib TIFF of the raster's size, atomically,
+    with the source's GeoTIFF tags."""
+    import tifffile
+
+    height, width = reader.height, reader.width
+    with atomic_path(dst) as tmp:
+        with tifffile.TiffWriter(tmp, bigtiff=height * width * np.dtype(dtype).itemsize
+                                 > 2**31) as writer:
+            writer.write(tiles, shape=(height, width), dtype=dtype, tile=(tile, tile),
+                         compression="zlib",
+                         photometric="palette" if colormap is not None else "minisblack",
+                         colormap=colormap, extratags=geotiff_extratags(reader.tags),
+                         description=description, metadata=None)
+
+
 def _default_margin(predictor: Predictor) -> int:
-    return max(64, (predictor.tile_size or 0) // 2) + geometry.margin(predictor.shape_model)
+    return max(64, (predictor.tile_size or 0) // 2) + predictor.margin
 
 
 def _predict_block(predictor: Predictor, reader: TiffRegionReader, y0: int, y1: int, x0: int,
-                   x1: int, margin: int, src) -> np.ndarray:
+                   x1: int, margin: int, src) -> Prediction:
+    """The block ``[y0:y1, x0:x1]``'s mask (and uncertainty), predicted with ``margin``
+    pixels of context around it."""
     ry0, rx0 = max(y0 - margin, 0), max(x0 - margin, 0)
     region = reader.read(ry0, y1 + margin, rx0, x1 + margin)
     channels = predictor.in_channels
@@ -218,6 +260,9 @@ def _predict_block(predictor: Predictor, reader: TiffRegionReader, y0: int, y1: 
     except ValueError as e:
         raise DataError(f"{src}: {e}") from e
     with torch.inference_mode():
-        probs = predictor.predict_tensor(x)[0]
-    mask = predictor.to_prediction(probs).mask
-    return mask[y0 - ry0:y1 - ry0, x0 - rx0:x1 - rx0]
+        probs, squares = predictor.predict_with_squares(x)
+    pred = predictor.to_prediction(probs[0], None if squares is None else squares[0])
+    crop = (slice(y0 - ry0, y1 - ry0), slice(x0 - rx0, x1 - rx0))
+    return Prediction(pred.mask[crop], pred.probs[:, crop[0], crop[1]],
+                      None if pred.entropy is None else pred.entropy[crop],
+                      None if pred.variance is None else pred.variance[crop])

@@ -63,6 +63,8 @@ def describe_predictor(predictor: Any) -> dict[str, Any]:
         "overlap": attr("overlap"),
         "min_input_size": attr("min_input_size"),
         "checkpoint": Path(path).name if path is not None else None,
+        # JSON answers carry the entropy map (uncertainty_png) when the predictor makes it
+        "uncertainty": bool(getattr(predictor, "uncertainty", False)),
     }
 
 
@@ -147,15 +149,17 @@ class Service:
     runtime: _Runtime
 
 
-def predict_masks(predictor: Any, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """The inference queue's work. Runs on the inference thread; only the masks leave it:
+def predict_masks(predictor: Any,
+                  images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """The inference queue's work: each image's mask and, when the predictor computes it, its
+    entropy map (else None). Runs on the inference thread; only these leave it:
     probabilities (C x H x W floats) are dropped here rather than held while responses are
     encoded."""
     if len(images) > 1 and hasattr(predictor, "predict_batch"):
         predictions = predictor.predict_batch(list(images))
     else:
         predictions = [predictor.predict(image) for image in images]
-    return [np.asarray(p.mask) for p in predictions]
+    return [(np.asarray(p.mask), getattr(p, "entropy", None)) for p in predictions]
 
 
 # -- handlers ---------------------------------------------------------------------------------
@@ -209,8 +213,8 @@ async def _predict(service: Service, request: Request, wants_json: bool) -> Resp
                                       in_channels=service.info.get("in_channels"))
     del upload  # the compressed bytes are not needed past decoding
     try:
-        mask = await asyncio.wait_for(runtime.queue.submit(decoded.array),
-                                      limits.request_timeout_s)
+        mask, entropy = await asyncio.wait_for(runtime.queue.submit(decoded.array),
+                                               limits.request_timeout_s)
     except QueueFull as e:
         return _error(503, f"server busy: {e}; retry shortly", headers={"Retry-After": "1"})
     except asyncio.TimeoutError:
@@ -223,7 +227,7 @@ async def _predict(service: Service, request: Request, wants_json: bool) -> Resp
     labels = service.labels
     if wants_json:
         body = await runtime.in_thread(json_result, decoded.array, mask, labels,
-                                       service.overlay_alpha)
+                                       service.overlay_alpha, entropy)
         return JSONResponse(body)
     png = await runtime.in_thread(encode_mask_png, mask, labels.palette, labels.names)
     # Pixel counts per class index, so a PNG client can read the areas without decoding.

@@ -18,6 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..data.readers import open_pil
 from ..errors import PixelwiseError
+from ..inference.uncertainty import encode_png16
 from ..io.files import encode_mask_png, encode_rgb_png
 from ..data.labels import LabelSet, class_areas, class_pixels
 from ..data.preprocess import adapt_channels
@@ -154,14 +155,19 @@ def area_entries(mask: np.ndarray, labels: LabelSet) -> list[dict[str, Any]]:
     return [{**entry, **areas[entry["index"]]} for entry in legend(labels)]
 
 
-def json_result(image: np.ndarray, mask: np.ndarray, labels: LabelSet, alpha: float) -> dict:
-    """The JSON body of ``/predict?format=json`` (PNG payloads base64-encoded)."""
+def json_result(image: np.ndarray, mask: np.ndarray, labels: LabelSet, alpha: float,
+                uncertainty: np.ndarray | None = None) -> dict:
+    """The JSON body of ``/predict?format=json`` (PNG payloads base64-encoded); with an
+    ``uncertainty`` map in ``[0, 1]``, also ``uncertainty_png`` (16-bit greyscale)."""
     colours = list(labels.palette)
     over = overlay(to_rgb8(image), mask, colours, alpha=alpha)
-    return {
+    body = {
         "width": int(mask.shape[1]), "height": int(mask.shape[0]),
         "classes": area_entries(mask, labels),
         "mask_png": base64.b64encode(encode_mask_png(mask, colours, labels.names)).decode("ascii"),
         "overlay_png": base64.b64encode(encode_rgb_png(over)).decode("ascii"),
         "overlay_alpha": alpha,
     }
+    if uncertainty is not None:
+        body["uncertainty_png"] = base64.b64encode(encode_png16(uncertainty)).decode("ascii")
+    return body

@@ -3,7 +3,8 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { base: null, mask: null, serverOverlay: false, maskUrl: null, baseUrl: null };
+const state = { base: null, mask: null, unc: null, serverOverlay: false, maskUrl: null,
+                baseUrl: null };
 
 function setStatus(text, isError = false) {
   const el = $("status");
@@ -58,9 +59,11 @@ function draw() {
   ctx.globalAlpha = 1;
   ctx.imageSmoothingEnabled = false;
   ctx.drawImage(state.base, 0, 0, w, h);
-  if (!state.serverOverlay) {
+  // The uncertainty layer (entropy, black = sure) replaces the mask while it is ticked.
+  const layer = state.unc && $("show-uncertainty").checked ? state.unc : state.mask;
+  if (!state.serverOverlay || layer === state.unc) {
     ctx.globalAlpha = Number($("opacity").value) / 100;
-    ctx.drawImage(state.mask, 0, 0, w, h);
+    ctx.drawImage(layer, 0, 0, w, h);
   }
   canvas.dataset.state = "ready";
 }
@@ -95,8 +98,11 @@ async function segment(file) {
     state.base = await loadImage(`data:image/png;base64,${body.overlay_png}`);
     state.serverOverlay = true;
   }
+  state.unc = body.uncertainty_png
+    ? await loadImage(`data:image/png;base64,${body.uncertainty_png}`) : null;
+  $("uncertainty-toggle").hidden = !state.unc;
   $("overlay-note").hidden = !state.serverOverlay;
-  $("opacity").disabled = state.serverOverlay;
+  $("opacity").disabled = state.serverOverlay && !state.unc;
   $("result").hidden = false;
   draw();
   renderLegend(body.classes);
@@ -120,6 +126,7 @@ async function init() {
     zone.addEventListener(ev, () => zone.classList.remove("dragging"));
   }
   zone.addEventListener("drop", (e) => { e.preventDefault(); pick(e.dataTransfer.files); });
+  $("show-uncertainty").addEventListener("change", draw);
   $("opacity").addEventListener("input", (e) => {
     $("opacity-value").textContent = `${e.target.value}%`;
     draw();
