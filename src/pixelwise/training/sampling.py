@@ -181,9 +181,11 @@ def build_loaders(cfg: RunConfig, train_ds, val_ds, transform,
     # seed from the global torch RNG, so a run resumed mid-epoch (which starts a new iterator
     # after restoring that RNG) would shift every later dropout mask. The samples themselves
     # are seeded per index by SeededDataset and do not need the workers' seeds.
+    # Persistent workers keep their decoded-sample cache (data.cache_mb) from epoch to epoch.
     train_loader = DataLoader(SeededDataset(train_ds, transform, cfg.train.seed),
                               batch_sampler=sampler,
                               num_workers=d.workers, pin_memory=pin,
+                              persistent_workers=d.workers > 0,
                               generator=torch.Generator().manual_seed(cfg.train.seed))
     val_loader = None
     if val_ds is not None and len(val_ds):
