@@ -89,8 +89,8 @@ class Fingerprint:
     foreground_fraction: float         # labelled pixels not of class 0
     mean: list[float]
     std: list[float]
-    # share of foreground pixels at most THIN_DISTANCE px from the background (vessels ~0.9,
-    # blobs such as polyps or organs ~0.1)
+    # share of foreground pixels at most THIN_DISTANCE px from the background (DRIVE's vessels
+    # 0.79, ISBI 2012's membranes 0.54, CamVid's classes 0.03)
     thin_share: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -189,8 +189,8 @@ def is_scene(fp: Fingerprint) -> bool:
 
 
 def is_thin(fp: Fingerprint) -> bool:
-    """Foreground of thin structures (vessels, membranes, cracks, roads in aerial views of
-    other data than scenes): :data:`THIN_SHARE` of it near the background."""
+    """Foreground of thin structures (vessels, membranes, cracks): at least :data:`THIN_SHARE`
+    of it near the background. Scenes are never thin (their classes are regions)."""
     return not is_scene(fp) and fp.thin_share >= THIN_SHARE
 
 
