@@ -22,7 +22,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 # FCN-16s/32s are FCN-8s minus skip branches, with the same 134 M-parameter VGG16: each export
 # takes ~15 s here, so only FCN-8s runs in the default suite.
-SLOW = {"fcn16s", "fcn32s"}
+# fcn16s/32s: fcn8s's layers; Lite1/2: Lite0's blocks at other widths and depths (~40 s each)
+SLOW = {"fcn16s", "fcn32s", "efficientnet_lite1_unet", "efficientnet_lite2_unet"}
 MEAN, STD = (0.39, 0.41, 0.43), (0.30, 0.31, 0.31)
 # Stated tolerance: max |ONNX Runtime - PyTorch| on logits (measured: below 1e-6).
 ATOL = 1e-4
