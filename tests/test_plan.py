@@ -12,8 +12,8 @@ from PIL import Image
 
 from pixelwise.cli import cli
 from pixelwise.io.config import load_config
-from pixelwise.training.plan import (Fingerprint, fingerprint, near_background, plan,
-                                     sqrt_weights)
+from pixelwise.data.check import near_background
+from pixelwise.training.plan import Fingerprint, fingerprint, plan, sqrt_weights
 
 from common import shared_data
 

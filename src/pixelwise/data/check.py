@@ -208,6 +208,10 @@ class SplitStats:
     class_frequency: list[float] = field(default_factory=list)
     class_weights: list[float] = field(default_factory=list)
     ignored_pixels: int = 0
+    # labelled pixels of any class but 0, and those of them at most THIN_DISTANCE px from a
+    # pixel that is not (the planner's thin-structure rule)
+    foreground_pixels: int = 0
+    near_background_pixels: int = 0
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
 
@@ -231,6 +235,17 @@ class DataReport:
         return asdict(self)
 
 
+THIN_DISTANCE = 2  # px
+
+
+def near_background(mask: np.ndarray, ignore_index: int) -> tuple[int, int]:
+    """(foreground pixels, those at most :data:`THIN_DISTANCE` px from a non-foreground one)."""
+    from scipy import ndimage
+
+    fg = (mask != 0) & (mask != ignore_index)
+    return int(fg.sum()), int((ndimage.distance_transform_edt(fg)[fg] <= THIN_DISTANCE).sum())
+
+
 def _split_stats(spec: DatasetSpec, samples: list[Sample], problems: list[str]) -> SplitStats:
     n = spec.num_classes
     class_pixels = np.zeros(n, dtype=np.int64)
@@ -239,7 +254,7 @@ def _split_stats(spec: DatasetSpec, samples: list[Sample], problems: list[str]) 
     ch_sum = np.zeros(spec.channels)
     ch_sq = np.zeros(spec.channels)
     ch_n = 0
-    ignored = failed = 0
+    ignored = failed = foreground = near = 0
     for s in samples:
         try:
             image, mask = load_sample(spec, s)
@@ -258,6 +273,8 @@ def _split_stats(spec: DatasetSpec, samples: list[Sample], problems: list[str]) 
                             f"the mask encoding{' and valid region' if s.valid else ''})")
         counts = np.bincount(labelled, minlength=n)[:n]
         class_pixels += counts
+        fg, fg_near = near_background(mask, spec.ignore_index)
+        foreground, near = foreground + fg, near + fg_near
         present_pixels[counts > 0] += labelled.size
         unit = scale_to_unit(image).reshape(-1, image.shape[-1]).astype(np.float64)
         ch_sum += unit.sum(axis=0)
@@ -270,7 +287,8 @@ def _split_stats(spec: DatasetSpec, samples: list[Sample], problems: list[str]) 
         count=len(samples), sizes=dict(sizes), class_pixels=class_pixels.tolist(),
         class_frequency=(class_pixels / total).tolist(),
         class_weights=median_frequency_weights(class_pixels, present_pixels),
-        ignored_pixels=int(ignored), mean=mean.tolist(), std=std.tolist(), unreadable=failed)
+        ignored_pixels=int(ignored), foreground_pixels=foreground,
+        near_background_pixels=near, mean=mean.tolist(), std=std.tolist(), unreadable=failed)
 
 
 def check_dataset(spec: DatasetSpec | dict | str, splits: list[str] | None = None,

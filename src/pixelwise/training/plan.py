@@ -24,7 +24,7 @@ The rules, and why (figures in ``recipes/README.md``):
   :data:`WIDE_AFTER_MINUTES` minutes (four times cheaper per step than 32: a short budget
   buys more steps) and 32 wide above.
 - **Thin structures** (:func:`is_thin`: at least :data:`THIN_SHARE` of the foreground within
-  :data:`THIN_DISTANCE` px of the background, measured on up to :data:`THIN_IMAGES` masks;
+  ``data.check.THIN_DISTANCE`` px of the background, measured on the fingerprint's masks;
   not scenes): the pretrained U-Net runs at :data:`INPUT_SCALE` x the input's resolution
   (``input_scale``: its stride-2 stem would blur a one- or two-pixel vessel away) on crops
   that much smaller (the same step cost), every crop centred on a labelled pixel of a class
@@ -70,9 +70,10 @@ BALANCED_CROP = 0.5  # share of crops placed on a class drawn uniformly (scenes)
 # per epoch cost ~5% of a 10-minute budget (DRIVE: 115 epochs of 4 steps).
 CHECKPOINT_MINUTES = 1.0
 MAX_IMAGES = 200  # images decoded for the fingerprint (the first, in path order)
-# Thin structures: most foreground pixels within THIN_DISTANCE px of the background (masks
-# read for it: THIN_IMAGES). The pretrained U-Net then runs at INPUT_SCALE x (module text).
-THIN_DISTANCE, THIN_SHARE, THIN_IMAGES, INPUT_SCALE = 2, 0.5, 20, 2
+# Thin structures: at least THIN_SHARE of the foreground within THIN_DISTANCE px of the
+# background (data.check measures it with the class counts). The pretrained U-Net then runs
+# at INPUT_SCALE x (module text).
+THIN_SHARE, INPUT_SCALE = 0.5, 2
 THIN_DICE_WEIGHT = 0.5
 
 
@@ -121,27 +122,8 @@ def fingerprint(spec, split: str = "train", max_images: int = MAX_IMAGES) -> Fin
                        class_weights=list(stats.class_weights),
                        foreground_fraction=_foreground(stats.class_pixels),
                        mean=list(stats.mean), std=list(stats.std),
-                       thin_share=thin_share(spec, split))
-
-
-def thin_share(spec, split: str, max_images: int = THIN_IMAGES) -> float:
-    """Share of the foreground pixels (any class but 0) at most :data:`THIN_DISTANCE` px from
-    a pixel that is not foreground, over up to ``max_images`` evenly spaced masks."""
-    from ..data import SegmentationDataset
-
-    ds = SegmentationDataset(spec, split)
-    counts = [near_background(ds.read_raw(int(i))[1], spec.ignore_index)
-              for i in np.unique(np.linspace(0, len(ds) - 1, min(len(ds), max_images)).astype(int))]
-    foreground = sum(c[0] for c in counts)
-    return sum(c[1] for c in counts) / foreground if foreground else 0.0
-
-
-def near_background(mask: np.ndarray, ignore_index: int) -> tuple[int, int]:
-    """(foreground pixels, those at most :data:`THIN_DISTANCE` px from a non-foreground one)."""
-    from scipy import ndimage
-
-    fg = (mask != 0) & (mask != ignore_index)
-    return int(fg.sum()), int((ndimage.distance_transform_edt(fg)[fg] <= THIN_DISTANCE).sum())
+                       thin_share=(stats.near_background_pixels / stats.foreground_pixels
+                                   if stats.foreground_pixels else 0.0))
 
 
 def _foreground(class_pixels: list[int]) -> float:
